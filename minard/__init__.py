@@ -1,0 +1,1 @@
+"""minard, the online monitoring system of the SNO+ detector."""

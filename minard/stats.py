@@ -1,0 +1,73 @@
+"""Self-instrumentation: every process counts what it received, dropped and flushed,
+and publishes the counters to Redis as the hash `minard:stats:<process>`.
+"""
+import os
+import resource
+import time
+
+from twisted.application.internet import TimerService
+from twisted.logger import Logger
+
+from minard.store import keys
+
+PUBLISH_INTERVAL = 1.0
+#: The stats hash outlives its process by this much, so /metrics can tell a dead one.
+STATS_TTL = 3600
+
+
+class Stats:
+    """Monotonic counters and last-value gauges of one process."""
+
+    def __init__(self, process, clock=time.time):
+        self.process = process
+        self.counters = {}
+        self.gauges = {}
+        self.clock = clock
+        self.started = clock()
+
+    def incr(self, name, amount=1):
+        self.counters[name] = self.counters.get(name, 0) + amount
+
+    def set(self, name, value):
+        self.gauges[name] = value
+
+    def snapshot(self):
+        """Everything as a flat mapping of name -> number, for Redis."""
+        values = dict(self.counters)
+        values.update(self.gauges)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        values["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 3)
+        values["max_rss_bytes"] = usage.ru_maxrss * 1024
+        values["pid"] = os.getpid()
+        values["started"] = round(self.started, 3)
+        values["updated"] = round(self.clock(), 3)
+        return values
+
+
+class StatsPublisher(TimerService):
+    """Writes a Stats snapshot to Redis every second; errors are logged, never raised."""
+
+    log = Logger()
+
+    def __init__(self, stats, redis, interval=PUBLISH_INTERVAL):
+        TimerService.__init__(self, interval, self.publish)
+        self.stats = stats
+        self.redis = redis
+        self._pending = None
+
+    def publish(self):
+        if self._pending is not None:  # Redis is slow or away: do not pile up writes
+            return
+        key = keys.stats(self.stats.process)
+        values = self.stats.snapshot()
+        d = self.redis.hmset(key, values)
+        d.addCallback(lambda _: self.redis.expire(key, STATS_TTL))
+        d.addErrback(self._failed)
+        d.addBoth(self._done)
+        self._pending = d
+
+    def _done(self, _):
+        self._pending = None
+
+    def _failed(self, failure):
+        self.stats.incr("stats_publish_errors")

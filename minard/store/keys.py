@@ -1,0 +1,72 @@
+"""Every Redis key name minard reads or writes (SPEC §4). Nothing else spells a key."""
+from minard.constants import EXPIRE, HASH_EXPIRE
+
+
+def bucket(t, interval):
+    """The bucket number of unix time t for an interval: b = t // I."""
+    return int(t) // interval
+
+
+def ts(interval, b, name):
+    """`ts:<I>:<b>:<name>` — a time-series key."""
+    return "ts:%d:%d:%s" % (interval, b, name)
+
+
+def ts_at(t, interval, name):
+    return ts(interval, bucket(t, interval), name)
+
+
+def ts_ttl(interval):
+    """How long a scalar/hash time-series bucket of interval I is kept (I × 2400 s)."""
+    return interval * EXPIRE
+
+
+def hash_ttl(interval):
+    """How long a finalised per-channel hash of interval H is kept (H × 1200 s)."""
+    return interval * HASH_EXPIRE
+
+
+def nhit_samples(second):
+    return ts(1, int(second), "nhit")
+
+
+def finalise_lock(interval, b, name):
+    return ts(interval, b, name) + ":lock"
+
+
+DISPATCHER = "dispatcher"
+ALARMS_COUNT = "alarms:count"
+NEARLINE_CURRENT_RUN = "nearline:current_run"
+L2_HEARTBEAT = "l2-heartbeat"
+
+
+def heartbeat(name):
+    return "heartbeat:%s" % (name,)
+
+
+def uptime(name):
+    return "uptime:%s" % (name,)
+
+
+def alarm(alarm_id):
+    return "alarms:%d" % (alarm_id,)
+
+
+def stats(process):
+    return "minard:stats:%s" % (process,)
+
+
+STATS_PATTERN = "minard:stats:*"
+
+
+def l2_state(state):
+    return "l2:%s" % (state,)
+
+
+def nearline(run):
+    return "nearline:%s" % (run,)
+
+
+def flush_marker(flush_id):
+    """Set once per applied flush so a retried flush is never counted twice."""
+    return "minard:flush:%s" % (flush_id,)

@@ -1,0 +1,176 @@
+"""Test helpers: a private redis-server per test run, started by the tests themselves."""
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from twisted.internet import defer, reactor, task
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A real redis-server on a free port in a temporary directory."""
+
+    def __init__(self, password=None):
+        self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.password = password
+        self.port = None
+        self.process = None
+        self.directory = None
+
+    @property
+    def url(self):
+        auth = ":%s@" % self.password if self.password else ""
+        return "redis://%s127.0.0.1:%d/0" % (auth, self.port)
+
+    def start(self, port=None):
+        if not os.path.exists(self.binary):
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.directory = self.directory or tempfile.mkdtemp(prefix="minard-redis-")
+        self.port = port or self.port or free_port()
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", self.directory, "--save", "", "--appendonly", "no",
+                "--daemonize", "no", "--loglevel", "warning"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    if self.password:
+                        s.sendall(b"AUTH %s\r\n" % self.password.encode())
+                        s.recv(100)
+                    s.sendall(b"PING\r\n")
+                    if s.recv(100).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start on port %d" % self.port)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def pause(self):
+        """Freeze the server (SIGSTOP): the network to Redis stalls."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.process.send_signal(signal.SIGCONT)
+
+    def command(self, *args):
+        """One synchronous command over a plain socket (for checking stored values)."""
+        return SyncRedis(self.port, self.password).command(*args)
+
+    def cleanup(self):
+        self.stop()
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class SyncRedis:
+    """A tiny blocking RESP client for test assertions, independent of txredisapi."""
+
+    def __init__(self, port, password=None, host="127.0.0.1"):
+        self.address = (host, port)
+        self.password = password
+
+    def command(self, *args):
+        with socket.create_connection(self.address, timeout=10) as s:
+            f = s.makefile("rb")
+            if self.password:
+                s.sendall(self._encode(("AUTH", self.password)))
+                self._read(f)
+            s.sendall(self._encode(args))
+            return self._read(f)
+
+    @staticmethod
+    def _encode(args):
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+        return b"".join(out)
+
+    def _read(self, f):
+        line = f.readline()
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = f.read(n + 2)[:-2]
+            return data.decode("utf-8", "surrogateescape")
+        if kind == b"*":
+            n = int(rest)
+            if n < 0:
+                return None
+            return [self._read(f) for _ in range(n)]
+        raise RuntimeError("bad reply %r" % (line,))
+
+    def hgetall(self, key):
+        flat = self.command("HGETALL", key)
+        return dict(zip(flat[::2], flat[1::2]))
+
+
+_shared = None
+
+
+def shared_redis():
+    """One redis-server for the whole test run (tests FLUSHALL it in setUp)."""
+    global _shared
+    if _shared is None:
+        _shared = RedisServer().start()
+        atexit.register(_shared.cleanup)
+    return _shared
+
+
+class RedisTestMixin:
+    """setUp gives self.redis_server (empty) and self.sync (a SyncRedis)."""
+
+    def setUp(self):
+        self.redis_server = shared_redis()
+        if self.redis_server.process is None or self.redis_server.process.poll() is not None:
+            self.redis_server.start()
+        self.redis_server.command("FLUSHALL")
+        self.sync = SyncRedis(self.redis_server.port)
+
+
+def wait_for(predicate, timeout=10.0, interval=0.05):
+    """A Deferred that fires when predicate() is true, or fails after timeout."""
+    deadline = time.time() + timeout
+
+    @defer.inlineCallbacks
+    def loop():
+        while True:
+            if predicate():
+                return True
+            if time.time() > deadline:
+                raise AssertionError("condition not met within %.1f s" % timeout)
+            yield task.deferLater(reactor, interval, lambda: None)
+
+    return loop()
