@@ -1,0 +1,31 @@
+"""What every minard process has besides its own work: a Redis connection, its
+self-instrumentation (`minard:stats:<process>`) and its own heartbeat to the logging server.
+"""
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from minard.stats import Stats, StatsPublisher
+from minard.store.connection import connect
+
+log = Logger()
+
+
+class ProcessBase:
+    """The shared parts of one process: `service` (a MultiService to add to), `stats`,
+    `redis`. `status` is a callable giving the text of this process's heartbeat."""
+
+    def __init__(self, options, process, heartbeat_name=None, redis=None, status=None):
+        self.options = options
+        self.process = process
+        self.service = MultiService()
+        self.stats = Stats(process)
+        self.redis = redis if redis is not None else connect(options["redis"])
+        StatsPublisher(self.stats, self.redis).setServiceParent(self.service)
+        self.status = status or (lambda: "ok")
+        monitor_section = (options.get("config-sections") or {}).get("monitor")
+        if monitor_section and heartbeat_name:
+            from minard import monitor
+            heartbeat = monitor.from_config(monitor_section, heartbeat_name,
+                                            lambda: self.status())
+            if heartbeat is not None:
+                heartbeat.setServiceParent(self.service)
