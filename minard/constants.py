@@ -62,3 +62,17 @@ DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 LEVELS = {10: "DEBUG", 20: "INFO", 21: "SUCCESS", 30: "WARNING", 40: "DANGER"}
 ALARM_LEVEL = 40
 ALARM_TTL = 86400
+
+#: Data stream (SPEC §2.4, §3): payload sizes, CMOS count rules, base-current offset.
+CMOS_PAYLOAD_SIZE = 1164
+BASE_PAYLOAD_SIZE = 1100
+CMOS_COUNT_SLOTS = 8  # a CMOS record carries counts for at most the first 8 set slots
+CMOS_INVALID_BIT = 1 << 31
+CMOS_MAX_DT = 10  # s: a rate needs 0 < dt < 10 s
+CMOS_STATE_TTL = 3600  # s: previous count/time per channel (cmos:count:<crate>, ...)
+BASE_CURRENT_OFFSET = 127
+#: Raw per-bucket sums (`ts:H:b:<name>:sum/len`, `occupancy:hits/count`) live H + this.
+RAW_HASH_TTL_EXTRA = 300
+#: Data-server client: wait this long for the SRsp, and drop a server silent this long.
+SUBSCRIBE_TIMEOUT = 10.0
+DATA_SERVER_SILENCE = 30.0
