@@ -70,3 +70,13 @@ def nearline(run):
 def flush_marker(flush_id):
     """Set once per applied flush so a retried flush is never counted twice."""
     return "minard:flush:%s" % (flush_id,)
+
+
+def cmos_count(crate):
+    """Hash channel index -> last valid CMOS count of that channel (compat name)."""
+    return "cmos:count:%d" % (crate,)
+
+
+def cmos_timestamp(crate):
+    """Hash channel index -> receipt time (int ns) of that count (compat name)."""
+    return "cmos:timestamp:%d" % (crate,)
