@@ -80,3 +80,17 @@ def cmos_count(crate):
 def cmos_timestamp(crate):
     """Hash channel index -> receipt time (int ns) of that count (compat name)."""
     return "cmos:timestamp:%d" % (crate,)
+
+
+#: Prefix of `alarms:<id>` (the alarm script builds the key from it).
+ALARM_PREFIX = "alarms:"
+
+
+def trig(interval, b):
+    """`ts:<I>:<b>:trig` — per-trigger event counts and TOTAL of one bucket."""
+    return ts(interval, b, "trig")
+
+
+def pull_heartbeat(interval, b):
+    """`ts:<I>:<b>:heartbeat` — set by every live pull worker."""
+    return ts(interval, b, "heartbeat")
