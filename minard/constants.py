@@ -76,3 +76,22 @@ RAW_HASH_TTL_EXTRA = 300
 #: Data-server client: wait this long for the SRsp, and drop a server silent this long.
 SUBSCRIBE_TIMEOUT = 10.0
 DATA_SERVER_SILENCE = 30.0
+
+#: Logging server (SPEC §5.2): rotating log files, size limits, per-client rate limits.
+LOG_SERVER_PORT = 8081
+LOG_FILE_MAX_BYTES = 5 * 1024 * 1024
+LOG_FILE_BACKUPS = 10
+MAX_MESSAGE_BYTES = 64 * 1024  # a longer message (UTF-8) -> 413
+MAX_BODY_BYTES = 4 * MAX_MESSAGE_BYTES  # room for form encoding; longer bodies -> 413 unread
+REQUEST_RATE = 50.0  # requests/s refilled per client ...
+REQUEST_BURST = 200  # ... up to this many at once; beyond -> 429
+AUTH_FAILURE_RATE = 1.0  # failed logins/s refilled per client ...
+AUTH_FAILURE_BURST = 10  # ... beyond -> 429 (each failure costs a slow hash)
+#: Client library (minard.monitor): heartbeat period, retry backoff, forwarded-log queue.
+HEARTBEAT_INTERVAL = 5.0
+MONITOR_MAX_BACKOFF = 30.0
+MONITOR_TIMEOUT = 10.0
+MONITOR_QUEUE = 1000
+#: Stale-data watchdog in the log-server ([watchdog] enabled, after-seconds).
+WATCHDOG_AFTER = 60
+WATCHDOG_INTERVAL = 1.0
