@@ -95,3 +95,29 @@ MONITOR_QUEUE = 1000
 #: Stale-data watchdog in the log-server ([watchdog] enabled, after-seconds).
 WATCHDOG_AFTER = 60
 WATCHDOG_INTERVAL = 1.0
+
+#: Main web site (SPEC §5.1, §6).
+WEB_PORT = 8080
+MAX_POINTS = 10000  # a time-series request may ask for at most this many points
+MAX_EXPRESSIONS = 64  # comma-separated expressions in one /metric request
+STREAM_INTERVAL = 1.0  # s between /stream messages (one snapshot, sent to every client)
+STREAM_MAX_CLIENTS = 2000  # more /stream clients at once -> 503
+STREAM_DROP_AFTER = 30.0  # s a /stream client may stay unable to take data before it is dropped
+STREAM_SNDBUF = 64 * 1024  # bytes of kernel send buffer per /stream client (bounds memory)
+STALE_AFTER = 10  # s without events or pull-worker heartbeat before pages show "stale"
+STALE_LOOKBACK = 60  # s of 1-s buckets /stream looks back to find the last events/heartbeat
+NHIT_HIST_INTERVAL = 5  # s: the hash interval the NHit page sums for the last 10 s / 60 s
+NHIT_HIST_MAX_SECONDS = 3600
+TAIL_LINES = 100  # /tail without seek answers the last this many lines
+TAIL_MAX_BYTES = 1024 * 1024  # /tail answers at most this much of a log at once
+ALARMS_PER_ANSWER = 1000  # /get_alarm answers at most this many alarms at once
+ALARMS_DEFAULT_BACK = 100  # /get_alarm without start answers the last this many
+L2_STATES = ("process", "wait", "rat", "done", "fail")
+L2_MAX_FILES = 1000  # /get_l2 answers the newest this many members of l2:<state>
+#: Time ranges of the pages' range control: (URL value, label, seconds).
+TIME_RANGES = (
+    ("15m", "15 min", 900), ("1h", "1 hour", 3600), ("3h", "3 hours", 10800),
+    ("9h", "9 hours", 32400), ("1d", "1 day", 86400), ("3d", "3 days", 259200),
+    ("1w", "1 week", 604800), ("1mo", "1 month", 2592000), ("3mo", "3 months", 7776000),
+    ("1y", "1 year", 31536000), ("10y", "10 years", 315360000),
+)

@@ -94,3 +94,18 @@ def trig(interval, b):
 def pull_heartbeat(interval, b):
     """`ts:<I>:<b>:heartbeat` — set by every live pull worker."""
     return ts(interval, b, "heartbeat")
+
+
+def nhit_hist(interval, b):
+    """`ts:<H>:<b>:nhit:hist` — exact nhit histogram (field nhit -> events)."""
+    return ts(interval, b, "nhit:hist")
+
+
+def rollup(interval, b, name, level, method):
+    """`ts:<H>:<b>:<name>:<level>:<method>` — card/crate avg/max of a finalised hash."""
+    return ts(interval, b, name) + ":%s:%s" % (level, method)
+
+
+def ts_scalar(interval, b, name):
+    """`ts:<I>:<b>:<name>` for keys written by other programs (L1, L2, L2:gtid ...)."""
+    return ts(interval, b, name)
