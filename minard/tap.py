@@ -329,4 +329,7 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     module = importlib.import_module("minard.services." + ROLE_MODULES[options["role"]])
-    return module.make_service(options, reactor)
+    try:
+        return module.make_service(options, reactor)
+    except OptionError as e:  # e.g. an unreadable file named by an option, a bad [section]
+        _usage_error(str(e))
