@@ -147,9 +147,11 @@ def raw_keys(interval, b, name, mode):
 
 def finalised_keys(interval, b, name):
     """The finalised hash and its roll-ups: (final, card:avg, card:max, crate:avg, crate:max)."""
-    final = keys.ts(interval, b, name)
-    return (final, final + ":card:avg", final + ":card:max",
-            final + ":crate:avg", final + ":crate:max")
+    return (keys.ts(interval, b, name),
+            keys.rollup(interval, b, name, "card", "avg"),
+            keys.rollup(interval, b, name, "card", "max"),
+            keys.rollup(interval, b, name, "crate", "avg"),
+            keys.rollup(interval, b, name, "crate", "max"))
 
 
 def due_bucket(interval, now, delay=FINALISE_DELAY):
