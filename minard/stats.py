@@ -71,3 +71,28 @@ class StatsPublisher(TimerService):
 
     def _failed(self, failure):
         self.stats.incr("stats_publish_errors")
+
+
+class CorruptionLog:
+    """Counts corrupt input per kind and logs each kind at most once per interval."""
+
+    log = Logger()
+
+    def __init__(self, stats, interval=60.0, clock=time.time):
+        self.stats = stats
+        self.interval = interval
+        self.clock = clock
+        self._last_logged = {}
+        self._unlogged = {}
+
+    def note(self, kind, count=1, detail=""):
+        self.stats.incr("corrupt_" + kind, count)
+        self._unlogged[kind] = self._unlogged.get(kind, 0) + count
+        now = self.clock()
+        if now - self._last_logged.get(kind, -1e18) >= self.interval:
+            self.log.warn("{process}: {count} corrupt input(s) of kind {kind} "
+                          "since the last report{detail}",
+                          process=self.stats.process, count=self._unlogged[kind],
+                          kind=kind, detail=(": " + detail) if detail else "")
+            self._last_logged[kind] = now
+            self._unlogged[kind] = 0

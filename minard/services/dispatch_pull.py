@@ -1,0 +1,220 @@
+"""`dispatch-pull`: ZeroMQ PULL -> per-second aggregation -> Redis (SPEC §3-4).
+
+Each worker accumulates wall-clock seconds (the push side's receipt time) in memory and
+flushes each second in one atomic script when it ends, also when idle (the heartbeat).
+Flushes go out one at a time, in order; while Redis is away they wait in a bounded queue
+and are retried (a flush id makes a retry of an applied flush harmless); what the bound
+drops is counted. SIGTERM flushes the open seconds before exiting.
+"""
+import itertools
+import time
+
+import numpy as np
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from minard import zmqlink
+from minard.aggregate.events import SecondAccumulator
+from minard.services.common import ProcessBase
+from minard.stats import CorruptionLog
+from minard.store.events import EventStore
+from minard.wire.sno import decode_batch
+
+#: How often the worker looks for ended seconds (s).
+TICK = 0.2
+#: A second is flushed this long after it ended, for batches still in flight (s).
+GRACE = 0.3
+#: Most flushes held while Redis is away (one per second: 15 minutes).
+MAX_PENDING = 900
+#: Receipt stamps further than this from the local clock are corrupt (s).
+MAX_CLOCK_SKEW = 86400
+#: After a failed flush, wait this long before retrying (s).
+RETRY_DELAY = 1.0
+#: On SIGTERM, wait at most this long for the last flushes (s).
+STOP_TIMEOUT = 8.0
+
+
+class PullWorker(Service):
+    log = Logger()
+
+    def __init__(self, name, address, store, stats, clock, finaliser=None, rng=None):
+        self.name = name
+        self.address = address
+        self.store = store
+        self.stats = stats
+        self.clock = clock
+        self.finaliser = finaliser
+        self.rng = rng or np.random.default_rng()
+        self.corruption = CorruptionLog(stats, clock=clock.seconds)
+        self.open = {}                 # second -> SecondAccumulator
+        self.pending = []              # (second, events, payload) in order
+        self.in_flight = None
+        self.last_closed = None
+        self.retry_at = 0.0
+        self.link = None
+        self._ticker = None
+        self._flush_ids = itertools.count()
+        self._run = "%s-%d" % (name, int(time.time() * 1000))
+        self._stopping = False
+
+    # -- receiving -----------------------------------------------------------------
+
+    def startService(self):
+        Service.startService(self)
+        self.link = zmqlink.PullLink(self.address, self.on_message)
+        self._ticker = task.LoopingCall(self.tick)
+        self._ticker.clock = self.clock
+        self._ticker.start(TICK, now=False).addErrback(
+            lambda f: self.log.failure("pull worker ticker stopped", f))
+
+    def on_message(self, frames):
+        try:
+            self._handle(frames)
+        except Exception:  # never let one message kill the worker
+            self.corruption.note("undecodable_message")
+            self.log.failure("unexpected error handling a message")
+
+    def _handle(self, frames):
+        self.stats.incr("messages")
+        if len(frames) < 2:
+            self.corruption.note("message_without_records")
+            return
+        ns = zmqlink.unstamp(frames[0])
+        now = self.clock.seconds()
+        if ns is None or abs(ns / 1e9 - now) > MAX_CLOCK_SKEW:
+            self.corruption.note("bad_receipt_stamp", len(frames) - 1)
+            return
+        batch = decode_batch(frames[1:])
+        self.stats.incr("records", batch.n_records)
+        self.stats.incr("events", batch.n_events)
+        if batch.n_other:
+            self.stats.incr("other_records", batch.n_other)
+        for kind, count in batch.corrupt.items():
+            self.corruption.note(kind, count)
+        if batch.n_events:
+            second = ns // 1_000_000_000
+            acc = self.open.get(second)
+            if acc is None:
+                acc = self.open[second] = SecondAccumulator(second)
+                if self.last_closed is not None and second <= self.last_closed:
+                    self.stats.incr("late_batches")
+            acc.add(batch, ns // 1000)
+
+    # -- flushing ------------------------------------------------------------------
+
+    def tick(self):
+        try:
+            if self.link is not None:
+                self.link.kick()
+            now = self.clock.seconds()
+            self.close_seconds(int(now - 1 - GRACE))
+            self.pump()
+            self.stats.set("open_seconds", len(self.open))
+            self.stats.set("pending_flushes", len(self.pending))
+        except Exception:
+            self.log.failure("pull worker tick failed")
+
+    def close_seconds(self, up_to):
+        """Queue a flush for every second <= up_to; an idle second still gets one."""
+        closing = sorted(s for s in self.open if s <= up_to)
+        for second in closing:
+            self._queue(self.open.pop(second))
+        if self.last_closed is None or up_to > self.last_closed:
+            if up_to not in closing:
+                self._queue(SecondAccumulator(up_to))  # heartbeat of an idle second
+            self.last_closed = up_to
+
+    def _queue(self, acc):
+        flush_id = "%s:%d" % (self._run, next(self._flush_ids))
+        self.pending.append((acc.second, acc.events, acc.payload(flush_id, self.rng)))
+        while len(self.pending) > MAX_PENDING:
+            second, events, _ = self.pending.pop(0)
+            self.stats.incr("dropped_seconds")
+            self.stats.incr("dropped_events", events)
+            self.corruption.note("flush_queue_full", 0,
+                                 "Redis unreachable; oldest seconds dropped")
+
+    def pump(self):
+        """Send the oldest pending flush if none is in flight."""
+        if self.in_flight is not None or not self.pending:
+            return
+        if self.clock.seconds() < self.retry_at:
+            return
+        second, events, payload = self.pending[0]
+        started = time.monotonic()
+        d = self.in_flight = self.store.flush(payload)
+
+        def applied(result):
+            self.in_flight = None
+            if self.pending and self.pending[0][2] is payload:
+                self.pending.pop(0)
+            self.stats.incr("flushes")
+            self.stats.incr("flushed_events", events)
+            if str(result) == "0":
+                self.stats.incr("flushes_repeated")
+            latency = (time.monotonic() - started) * 1000
+            self.stats.set("flush_latency_ms", round(latency, 3))
+            self._finalise()
+            if not self._stopping:
+                self.pump()
+
+        def failed(failure):
+            self.in_flight = None
+            self.stats.incr("flush_errors")
+            self.retry_at = self.clock.seconds() + RETRY_DELAY
+            self.corruption.note("flush_failed", 0, failure.getErrorMessage())
+
+        d.addCallbacks(applied, failed)
+        d.addErrback(lambda f: self.log.failure("flush bookkeeping failed", f))
+        return d
+
+    def _finalise(self):
+        if self.finaliser is None:
+            return
+        d = self.finaliser.finalise_due("occupancy", "ratio", int(self.clock.seconds()))
+        d.addErrback(lambda f: self.stats.incr("finalise_errors"))
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        """SIGTERM: flush every open second, wait (bounded) for the queue to drain."""
+        self._stopping = True
+        Service.stopService(self)
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        if self.link is not None:
+            self.link.kick()   # take in what already arrived
+            self.link.shutdown()
+            self.link = None
+        for second in sorted(self.open):
+            self._queue(self.open.pop(second))
+        deadline = self.clock.seconds() + STOP_TIMEOUT
+        self.retry_at = 0.0
+        while self.pending and self.clock.seconds() < deadline:
+            d = self.pump() if self.in_flight is None else self.in_flight
+            if d is None:
+                break
+            try:
+                yield d
+            except Exception:
+                pass
+            if self.in_flight is None and self.pending and self.retry_at:
+                yield task.deferLater(self.clock, 0.2, lambda: None)
+        if self.pending:
+            lost = sum(events for _, events, _ in self.pending)
+            self.log.error("stopping with {n} unflushed seconds ({e} events) lost",
+                           n=len(self.pending), e=lost)
+
+
+def make_service(options, reactor):
+    name = options["name"]
+    base = ProcessBase(options, name, heartbeat_name="minard-dispatch-pull")
+    try:
+        from minard.store.finalise import Finaliser
+        finaliser = Finaliser(base.redis)
+    except ImportError:  # finalisation module not installed in this tree
+        finaliser = None
+    worker = PullWorker(name, options["zmq"], EventStore(base.redis), base.stats,
+                        reactor, finaliser=finaliser)
+    worker.setServiceParent(base.service)
+    return base.service

@@ -1,0 +1,251 @@
+"""`dispatch-push`: ControlHost dispatcher -> ZeroMQ PUSH (SPEC §2.1, §2.5).
+
+Connects (reconnecting with backoff), subscribes, asks for every portion (`Always`),
+names itself, and forwards RAWDATA/RECHDR records stamped with their receipt time, in
+batches. When no worker keeps up, ZeroMQ's high-water mark is reached: the link stops
+reading the dispatcher socket (TCP pushes back, and a `w` subscription lets the dispatcher
+drop for us), holds one batch for up to HOLD_LIMIT seconds, then drops it and counts it.
+The reactor never blocks and memory stays bounded. The `dispatcher` key lives only while
+the link is up.
+"""
+import time
+
+from twisted.application.internet import ClientService, TimerService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet import endpoints, protocol
+from twisted.logger import Logger
+
+from minard import zmqlink
+from minard.services.common import ProcessBase
+from minard.stats import CorruptionLog
+from minard.store import keys
+from minard.wire.controlhost import CASPUR, DIALECTS, CorruptStream, FrameDecoder, tag_bytes
+
+CLIENT_ID = "minard"
+WANTED_TAGS = (tag_bytes("RAWDATA"), tag_bytes("RECHDR"))
+#: Records per ZeroMQ message at most; a batch also leaves after BATCH_DELAY seconds.
+BATCH_RECORDS = 4000
+BATCH_DELAY = 0.002
+#: How long a batch refused by the high-water mark is held before it is dropped (s).
+HOLD_LIMIT = 1.0
+RETRY_INTERVAL = 0.005
+#: The dispatcher key: refreshed this often, living this long (SPEC §4).
+DISPATCHER_REFRESH = 20
+DISPATCHER_TTL = 60
+#: Bytes read from the dispatcher socket per read (bigger reads, fewer Python calls).
+READ_SIZE = 1 << 18
+
+
+class Forwarder:
+    """Batches records and sends them over a PushLink, holding on back-pressure."""
+
+    log = Logger()
+
+    def __init__(self, link, stats, clock, now_ns=time.time_ns):
+        self.link = link
+        self.stats = stats
+        self.clock = clock
+        self.now_ns = now_ns
+        self.records = []
+        self.stamp = None
+        self.held = None
+        self.held_since = None
+        self.transport = None      # the dispatcher connection to pause while holding
+        self._send_call = None
+        self._retry_call = None
+
+    def add(self, records):
+        if not records:
+            return
+        if not self.records:
+            self.stamp = zmqlink.stamp(self.now_ns())
+        self.records.extend(records)
+        if len(self.records) >= BATCH_RECORDS:
+            self.send_batch()
+        elif self._send_call is None:
+            self._send_call = self.clock.callLater(BATCH_DELAY, self.send_batch)
+
+    def send_batch(self):
+        if self._send_call is not None and self._send_call.active():
+            self._send_call.cancel()
+        self._send_call = None
+        if not self.records:
+            return
+        message = [self.stamp] + self.records
+        self.records = []
+        if self.held is not None:
+            self._hold(message)
+            return
+        if self.link.send(message):
+            self.stats.incr("zmq_messages")
+        else:
+            self._hold(message)
+
+    def _hold(self, message):
+        if self.held is None:
+            self.held = [message]
+            self.held_since = self.clock.seconds()
+            self.stats.incr("backpressure_events")
+            if self.transport is not None:
+                self.transport.pauseProducing()
+            self._retry_call = self.clock.callLater(RETRY_INTERVAL, self.retry)
+        else:
+            self.held.append(message)
+
+    def retry(self):
+        self._retry_call = None
+        while self.held:
+            if self.link.send(self.held[0]):
+                self.stats.incr("zmq_messages")
+                self.held.pop(0)
+            else:
+                break
+        if self.held and self.clock.seconds() - self.held_since >= HOLD_LIMIT:
+            dropped = sum(len(m) - 1 for m in self.held)
+            self.stats.incr("dropped_records", dropped)
+            self.stats.incr("dropped_batches", len(self.held))
+            self.log.warn("no pull worker keeps up: dropped {n} records", n=dropped)
+            self.held = []
+        if self.held:
+            self._retry_call = self.clock.callLater(RETRY_INTERVAL, self.retry)
+            return
+        self.held = None
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    def stop(self):
+        """Send what is batched (best effort) and cancel timers."""
+        self.send_batch()
+        for call in (self._send_call, self._retry_call):
+            if call is not None and call.active():
+                call.cancel()
+
+
+class DispatcherProtocol(protocol.Protocol):
+    """One connection to a ControlHost dispatcher."""
+
+    def connectionMade(self):
+        service = self.factory.service
+        self.decoder = FrameDecoder(service.dialect)
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = READ_SIZE
+        self.transport.write(service.dialect.client_handshake(service.subscription, CLIENT_ID))
+        service.link_up(self)
+
+    def dataReceived(self, data):
+        service = self.factory.service
+        stats = service.stats
+        stats.incr("bytes", len(data))
+        try:
+            frames = self.decoder.feed(data)
+        except CorruptStream as e:
+            service.corruption.note("stream", 1, str(e))
+            stats.incr("corrupt_streams_dropped")
+            self.transport.abortConnection()
+            return
+        if not frames:
+            return
+        stats.incr("frames", len(frames))
+        records = [payload for tag, payload in frames if tag in WANTED_TAGS]
+        ignored = len(frames) - len(records)
+        if ignored:
+            stats.incr("ignored_frames", ignored)
+        if service.capture is not None:
+            service.capture_frames(frames)
+        stats.incr("records", len(records))
+        service.forwarder.add(records)
+
+    def connectionLost(self, reason):
+        self.factory.service.link_down(self)
+
+
+class DispatchPush(Service):
+    log = Logger()
+
+    def __init__(self, options, reactor, stats, redis, link=None):
+        self.reactor = reactor
+        self.stats = stats
+        self.redis = redis
+        self.host = options["host"]
+        self.port = options["port"]
+        self.dialect = DIALECTS[options["dialect"]]
+        self.subscription = options["subscription"]
+        self.capture_path = options.get("capture")
+        self.capture = None
+        self.zmq_address = options["zmq"]
+        self.link = link
+        self.forwarder = None
+        self.corruption = CorruptionLog(stats, clock=reactor.seconds)
+        self.connection = None
+        self.stats.set("connected", 0)
+
+    def startService(self):
+        Service.startService(self)
+        if self.link is None:
+            self.link = zmqlink.PushLink(self.zmq_address)
+        self.forwarder = Forwarder(self.link, self.stats, self.reactor)
+        if self.capture_path:
+            self.capture = open(self.capture_path, "ab")
+
+    def stopService(self):
+        Service.stopService(self)
+        if self.forwarder is not None:
+            self.forwarder.stop()
+        if self.capture is not None:
+            self.capture.close()
+            self.capture = None
+        return self._forget_dispatcher()
+
+    def capture_frames(self, frames):
+        """Append frames to the capture file in CASPUR framing (what --replay serves)."""
+        try:
+            self.capture.write(b"".join(CASPUR.frame(tag, payload) for tag, payload in frames))
+        except OSError as e:
+            self.corruption.note("capture_write_failed", 1, str(e))
+
+    def link_up(self, connection):
+        self.connection = connection
+        self.forwarder.transport = connection.transport
+        self.stats.incr("connections")
+        self.stats.set("connected", 1)
+        self.log.info("connected to dispatcher {host}:{port} ({dialect})", host=self.host,
+                      port=self.port, dialect=self.dialect.name)
+        self.refresh_dispatcher_key()
+
+    def link_down(self, connection):
+        if self.connection is connection:
+            self.connection = None
+            self.forwarder.send_batch()
+            self.forwarder.transport = None
+            self.stats.set("connected", 0)
+            self.log.info("lost the dispatcher link; reconnecting")
+            self._forget_dispatcher()
+
+    def refresh_dispatcher_key(self):
+        if self.connection is None:
+            return
+        d = self.redis.set(keys.DISPATCHER, self.host, expire=DISPATCHER_TTL)
+        d.addErrback(lambda f: self.stats.incr("redis_errors"))
+
+    def _forget_dispatcher(self):
+        d = self.redis.delete(keys.DISPATCHER)
+        d.addErrback(lambda f: self.stats.incr("redis_errors"))
+        return d
+
+
+def make_service(options, reactor):
+    base = ProcessBase(options, "dispatch-push", heartbeat_name="minard-dispatch-push",
+                       status=None)
+    push = DispatchPush(options, reactor, base.stats, base.redis)
+    base.status = lambda: "ok" if push.connection is not None else "dispatcher link down"
+    push.setServiceParent(base.service)
+
+    factory = protocol.Factory.forProtocol(DispatcherProtocol)
+    factory.service = push
+    endpoint = endpoints.HostnameEndpoint(reactor, options["host"], options["port"],
+                                          timeout=10)
+    client = ClientService(endpoint, factory, retryPolicy=backoffPolicy(
+        initialDelay=0.5, maxDelay=10.0), clock=reactor)
+    client.setServiceParent(base.service)
+    TimerService(DISPATCHER_REFRESH, push.refresh_dispatcher_key).setServiceParent(base.service)
+    return base.service

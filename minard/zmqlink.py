@@ -1,0 +1,115 @@
+"""ZeroMQ links between minard processes (SPEC §2.5), on txzmq.
+
+Messages are multipart, raw bytes only: frame 0 = receipt time as int64 big-endian
+nanoseconds since the epoch, frames 1..n = complete records. No pickle, ever.
+
+PushLink never blocks the reactor: a send that would exceed the high-water mark fails
+at once and the caller decides (hold and retry briefly, then drop and count).
+PullLink reads a bounded number of messages per reactor turn, so that timers (the
+per-second flush) keep running under a flood, and can be kicked: ZeroMQ's descriptor is
+edge-triggered and may stay silent about messages that were already queued.
+"""
+import struct
+
+from twisted.internet import reactor as global_reactor
+from txzmq import ZmqEndpoint, ZmqFactory
+from txzmq.connection import ZmqConnection
+from zmq import constants, error
+
+_STAMP = struct.Struct(">q")
+
+#: Messages (batches) queued per socket before sends fail: with ~1000 records a batch,
+#: a few seconds of data at full rate.
+DEFAULT_HWM = 1000
+#: Messages a PullLink handles per reactor turn before yielding.
+READS_PER_TURN = 64
+
+
+def stamp(ns):
+    return _STAMP.pack(ns)
+
+
+def unstamp(frame):
+    """The receipt time (ns) from frame 0, or None if the frame is not 8 bytes."""
+    if len(frame) != 8:
+        return None
+    return _STAMP.unpack(frame)[0]
+
+
+_factory = None
+
+
+def factory():
+    """The process's single ZeroMQ context."""
+    global _factory
+    if _factory is None:
+        _factory = ZmqFactory()
+        _factory.lingerPeriod = 1000  # on shutdown, give queued batches a second to leave
+        _factory.registerForShutdown()
+    return _factory
+
+
+class PushLink(ZmqConnection):
+    """A bound PUSH socket. send(frames) -> True if queued, False if the HWM is reached."""
+
+    socketType = constants.PUSH
+
+    def __init__(self, address, hwm=DEFAULT_HWM, bind=True):
+        self.highWaterMark = hwm
+        ZmqConnection.__init__(self, factory(),
+                               ZmqEndpoint("bind" if bind else "connect", address))
+
+    def send(self, frames):
+        sock = self.socket
+        try:
+            sock.send(frames[0], constants.NOBLOCK | constants.SNDMORE)
+        except error.Again:
+            return False
+        last = len(frames) - 1
+        for i in range(1, last):
+            sock.send(frames[i], constants.SNDMORE)
+        sock.send(frames[last], 0)
+        return True
+
+    def messageReceived(self, message):  # PUSH sockets receive nothing
+        pass
+
+
+class PullLink(ZmqConnection):
+    """A connected PULL socket calling on_message(frames) for each message."""
+
+    socketType = constants.PULL
+
+    def __init__(self, address, on_message, hwm=DEFAULT_HWM, bind=False, reactor=None):
+        self.highWaterMark = hwm
+        self.on_message = on_message
+        self._reactor = reactor or global_reactor
+        self._more = None
+        ZmqConnection.__init__(self, factory(),
+                               ZmqEndpoint("bind" if bind else "connect", address))
+
+    def doRead(self):
+        if self.read_scheduled is not None:
+            if not self.read_scheduled.called:
+                self.read_scheduled.cancel()
+            self.read_scheduled = None
+        sock = self.socket
+        for _ in range(READS_PER_TURN):
+            if self.factory is None:
+                return
+            try:
+                frames = sock.recv_multipart(constants.NOBLOCK)
+            except error.Again:
+                return
+            self.on_message(frames)
+        # more may be waiting: come back on the next reactor turn, after timers ran
+        if self._more is None or not self._more.active():
+            self._more = self._reactor.callLater(0, self.doRead)
+
+    def kick(self):
+        """Read whatever is queued (the descriptor may not have told us)."""
+        if self.factory is not None:
+            self.doRead()
+
+    def messageReceived(self, message):
+        self.on_message(message)
