@@ -1,0 +1,152 @@
+"""The CMOS previous-count state script and the sums flush script, against a real Redis."""
+import numpy as np
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from minard import constants as C
+from minard.store.connection import connect
+from minard.store.datastream import CmosState, SumsStore
+from tests.support import RedisTestMixin
+
+T0 = 1_700_000_000_123_456_789  # ns, beyond 2^53: exactness matters
+SEC = 1_000_000_000
+
+
+def record(crate, t_ns, channels, counts, masked=None):
+    index = np.array([crate << 9 | c for c in channels], dtype=np.uint16)
+    counts = np.array(counts, dtype=np.uint32)
+    masked = np.ones(len(index), dtype=bool) if masked is None else np.array(masked)
+    return (crate, t_ns, index, counts, masked)
+
+
+class CmosStateTests(RedisTestMixin, unittest.TestCase):
+    def setUp(self):
+        RedisTestMixin.setUp(self)
+        self.redis = connect(self.redis_server.url)
+        self.other = connect(self.redis_server.url)
+        self.state = CmosState(self.redis)
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        yield self.redis.disconnect()
+        yield self.other.disconnect()
+
+    def as_dict(self, result):
+        index, rate = result
+        return dict(zip(index.tolist(), rate.tolist()))
+
+    @defer.inlineCallbacks
+    def test_rates_from_successive_counts(self):
+        first = yield self.state.rates([record(2, T0, [0, 1, 2, 3, 4], [100, 100, 500, 7, 0])])
+        self.assertEqual(self.as_dict(first[0]), {})
+        dt = 1.5
+        t1 = T0 + int(dt * SEC)
+        second = yield self.state.rates([record(2, t1, [0, 1, 2, 3, 4],
+                                                [400, 100, 400, 10, 3],
+                                                masked=[1, 1, 1, 0, 1])])
+        # ch 1: no increase; ch 2: went down (wrap); ch 3: masked out
+        self.assertEqual(self.as_dict(second[0]), {2 << 9 | 0: 300 / dt, 2 << 9 | 4: 3 / dt})
+        self.assertEqual(self.sync.hgetall("cmos:count:2"),
+                         {"1024": "400", "1025": "100", "1026": "400", "1027": "10", "1028": "3"})
+        self.assertEqual(self.sync.hgetall("cmos:timestamp:2")["1024"], str(t1))
+        for key in ("cmos:count:2", "cmos:timestamp:2"):
+            ttl = self.sync.command("TTL", key)
+            self.assertTrue(C.CMOS_STATE_TTL - 5 <= ttl <= C.CMOS_STATE_TTL)
+        # after the wrap, counting resumes from the new value
+        third = yield self.state.rates([record(2, t1 + 2 * SEC, [2], [480])])
+        self.assertEqual(self.as_dict(third[0]), {1026: 40.0})
+
+    @defer.inlineCallbacks
+    def test_nanosecond_exact_dt(self):
+        yield self.state.rates([record(0, T0, [5], [0])])
+        out = yield self.state.rates([record(0, T0 + SEC + 1, [5], [1_000_000_001])])
+        self.assertEqual(self.as_dict(out[0]), {5: 1_000_000_001 / (1 + 1e-9)})
+        self.assertLess(abs(out[0][1][0] - 1e9), 1e-6)
+
+    @defer.inlineCallbacks
+    def test_dt_limits(self):
+        yield self.state.rates([record(1, T0, [0, 1], [0, 0])])
+        # exactly 10 s: no rate (0 < dt < 10), but the state moves on
+        out = yield self.state.rates([record(1, T0 + 10 * SEC, [0], [50])])
+        self.assertEqual(self.as_dict(out[0]), {})
+        out = yield self.state.rates([record(1, T0 + 10 * SEC + SEC // 2, [0], [60])])
+        self.assertEqual(self.as_dict(out[0]), {512: 20.0})
+        # just under 10 s
+        out = yield self.state.rates([record(1, T0 + 10 * SEC - 1, [1], [99])])
+        self.assertEqual(list(self.as_dict(out[0])), [513])
+        # same time again, and an older record: stale, no rate and no state change
+        out = yield self.state.rates([record(1, T0 + 10 * SEC - 1, [1], [500])])
+        self.assertEqual(self.as_dict(out[0]), {})
+        out = yield self.state.rates([record(1, T0, [1], [1000])])
+        self.assertEqual(self.as_dict(out[0]), {})
+        self.assertEqual(self.sync.command("HGET", "cmos:count:1", "513"), "99")
+
+    @defer.inlineCallbacks
+    def test_batch_sees_its_own_earlier_records(self):
+        batch = [record(3, T0 + i * SEC, [7], [1000 * i]) for i in range(5)]
+        batch.insert(2, record(4, T0, [7], [5]))
+        out = yield self.state.rates(batch)
+        self.assertEqual([self.as_dict(o) for o in out],
+                         [{}, {3 << 9 | 7: 1000.0}, {}, {3 << 9 | 7: 1000.0},
+                          {3 << 9 | 7: 1000.0}, {3 << 9 | 7: 1000.0}])
+
+    @defer.inlineCallbacks
+    def test_two_workers_never_use_a_stale_pair(self):
+        """Records of one crate split between two connections, in flight at once: every
+        rate is computed from a consistent, earlier pair (constant true rate 250 Hz)."""
+        rate = 250.0
+        times = [T0 + int(i * 0.7 * SEC) + i * 13 for i in range(40)]
+        counts = [int(rate * (t - T0) / SEC) for t in times]
+        ds = []
+        for i, (t, c) in enumerate(zip(times, counts)):
+            state = CmosState(self.redis if i % 2 else self.other)
+            ds.append(state.rates([record(6, t, range(32), [c] * 32)]))
+        results = yield defer.gatherResults(ds)
+        rates = [r for out in results for r in out[0][1].tolist()]
+        # some records lose the race (their pair is already older than the stored one)
+        self.assertGreaterEqual(len(rates), 32 * 10)
+        for r in rates:
+            self.assertLess(abs(r - rate), rate * 0.01)  # counts are truncated ints
+        self.assertEqual(self.sync.command("HGET", "cmos:count:6", str(6 << 9)), str(counts[-1]))
+
+    @defer.inlineCallbacks
+    def test_empty_record(self):
+        out = yield self.state.rates([record(5, T0, [], [])])
+        self.assertEqual(len(out[0][0]), 0)
+
+
+class SumsStoreTests(RedisTestMixin, unittest.TestCase):
+    def setUp(self):
+        RedisTestMixin.setUp(self)
+        self.redis = connect(self.redis_server.url)
+
+    def tearDown(self):
+        return self.redis.disconnect()
+
+    @defer.inlineCallbacks
+    def test_flush_adds_into_every_interval_once(self):
+        store = SumsStore(self.redis)
+        t = 1_700_000_007
+        groups = [("cmos", t, np.array([1, 10239]), np.array([0.1, 2.5e6]), np.array([1, 3])),
+                  ("base", t, np.array([4]), np.array([-3.0]), np.array([2]))]
+        self.assertEqual((yield store.flush("w1-1", groups)), 1)
+        self.assertEqual((yield store.flush("w1-1", groups)), 0)  # a retried flush
+        self.assertEqual((yield store.flush("w2-1", groups[:1])), 1)  # another worker
+        for H in C.HASH_INTERVALS:
+            b = t // H
+            s = self.sync.hgetall("ts:%d:%d:cmos:sum" % (H, b))
+            self.assertAlmostEqual(float(s["1"]), 0.2, places=12)
+            self.assertEqual(float(s["10239"]), 5e6)
+            self.assertEqual(self.sync.hgetall("ts:%d:%d:cmos:len" % (H, b)),
+                             {"1": "2", "10239": "6"})
+            self.assertEqual(self.sync.hgetall("ts:%d:%d:base:sum" % (H, b)), {"4": "-3"})
+            self.assertEqual(self.sync.hgetall("ts:%d:%d:base:len" % (H, b)), {"4": "2"})
+            ttl = self.sync.command("TTL", "ts:%d:%d:base:len" % (H, b))
+            self.assertTrue(H + C.RAW_HASH_TTL_EXTRA - 5 <= ttl <= H + C.RAW_HASH_TTL_EXTRA)
+
+    @defer.inlineCallbacks
+    def test_full_precision(self):
+        store = SumsStore(self.redis)
+        x = 1 / 3
+        yield store.flush("p", [("cmos", 10, np.array([0]), np.array([x]), np.array([1]))])
+        self.assertEqual(float(self.sync.command("HGET", "ts:5:2:cmos:sum", "0")), x)
