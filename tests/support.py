@@ -174,3 +174,67 @@ def wait_for(predicate, timeout=10.0, interval=0.05):
             yield task.deferLater(reactor, interval, lambda: None)
 
     return loop()
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def twistd_command():
+    """The twistd of the running Python (the project's virtualenv)."""
+    import sys
+    candidate = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(candidate):
+        return [candidate]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class RoleProcess:
+    """`twistd -n minard --role=ROLE ...` as a real child process, logging to a file."""
+
+    def __init__(self, role, *args, directory=None):
+        self.role = role
+        self.args = list(args)
+        self.directory = directory or tempfile.mkdtemp(prefix="minard-%s-" % role)
+        self.logfile = os.path.join(self.directory, "%s-%d.log" % (role, id(self)))
+        self.process = None
+
+    def start(self):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        command = twistd_command() + ["-n", "--pidfile=", "--logfile", self.logfile,
+                                      "minard", "--role=" + self.role] + self.args
+        self.process = subprocess.Popen(command, cwd=REPO, env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return self
+
+    def alive(self):
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, signum):
+        if self.alive():
+            self.process.send_signal(signum)
+
+    def stop(self, timeout=15):
+        """SIGTERM and wait; returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def kill(self):
+        if self.alive():
+            self.process.kill()
+            self.process.wait()
+
+    def log(self):
+        try:
+            with open(self.logfile, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""

@@ -19,6 +19,7 @@ from minard.aggregate.events import SecondAccumulator
 from minard.services.common import ProcessBase
 from minard.stats import CorruptionLog
 from minard.store.events import EventStore
+from minard.store.finalise import Finaliser
 from minard.wire.sno import decode_batch
 
 #: How often the worker looks for ended seconds (s).
@@ -209,12 +210,7 @@ class PullWorker(Service):
 def make_service(options, reactor):
     name = options["name"]
     base = ProcessBase(options, name, heartbeat_name="minard-dispatch-pull")
-    try:
-        from minard.store.finalise import Finaliser
-        finaliser = Finaliser(base.redis)
-    except ImportError:  # finalisation module not installed in this tree
-        finaliser = None
     worker = PullWorker(name, options["zmq"], EventStore(base.redis), base.stats,
-                        reactor, finaliser=finaliser)
+                        reactor, finaliser=Finaliser(base.redis))
     worker.setServiceParent(base.service)
     return base.service

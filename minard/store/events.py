@@ -7,10 +7,9 @@ samples. Each flush carries an id; the script records it, so a flush retried aft
 timeout (applied, but the answer lost) is never counted twice.
 """
 from minard.constants import (
-    EXPIRE, HASH_EXPIRE, HASH_INTERVALS, INTERVALS, NHIT_SAMPLES, NHIT_SAMPLES_TTL)
+    EXPIRE, HASH_EXPIRE, HASH_INTERVALS, INTERVALS, NHIT_SAMPLES, NHIT_SAMPLES_TTL,
+    RAW_HASH_TTL_EXTRA)
 
-#: How long a raw per-channel bucket outlives its interval (finalisation reads it).
-RAW_MARGIN = 300
 #: How long the record of an applied flush id is kept (longer than any retry).
 FLUSH_MARK_TTL = 6 * 3600
 
@@ -86,7 +85,7 @@ return 1
     "hash_intervals": _lua_list(HASH_INTERVALS),
     "expire": EXPIRE,
     "hash_expire": HASH_EXPIRE,
-    "raw_margin": RAW_MARGIN,
+    "raw_margin": RAW_HASH_TTL_EXTRA,
     "n_samples": NHIT_SAMPLES,
     "samples_ttl": NHIT_SAMPLES_TTL,
 }
