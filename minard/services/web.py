@@ -1,0 +1,41 @@
+"""The `web` role: the main site (SPEC §5.1, §6) on `--listen` (tcp:8080, ssl:8443:...)."""
+import sys
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import Service
+from twisted.internet.endpoints import serverFromString
+from twisted.web.server import Site as WebSite
+
+from minard.programs import ProgramsError, load_programs
+from minard.services.common import ProcessBase
+from minard.web.site import Site
+
+
+class StreamShutdown(Service):
+    """Ends every /stream response when the process stops (clients reconnect elsewhere)."""
+
+    def __init__(self, hub):
+        self.hub = hub
+
+    def stopService(self):
+        self.hub.close_all()
+        return Service.stopService(self)
+
+
+def make_service(options, reactor):
+    base = ProcessBase(options, "web", heartbeat_name="minard-web")
+    try:
+        programs = load_programs(options["programs"])
+    except ProgramsError as e:  # a usage error, not a traceback
+        sys.stderr.write("minard: error: --programs: %s\n" % (e,))
+        raise SystemExit(1)
+    site = Site(base.redis, programs, options["log-dir"], clock=reactor, stats=base.stats)
+    factory = WebSite(site.resource())
+    factory.displayTracebacks = False
+    endpoint = serverFromString(reactor, options["listen"])
+    listener = StreamServerEndpointService(endpoint, factory)
+    listener._raiseSynchronously = True
+    listener.setServiceParent(base.service)
+    StreamShutdown(site.hub).setServiceParent(base.service)
+    base.site = site
+    return base.service

@@ -1,0 +1,500 @@
+"""Every Redis read of the main web site (SPEC §4, §5.1).
+
+One request = one round trip: the reads of a whole time series (900 points × a few
+hashes) go to Redis as ONE read-only Lua script whose reply is a single JSON string, so
+neither Redis nor the reactor pays per point (no Deferred, no reply parsing per command).
+
+Semantics follow the original site (reference §3 "Read helpers", §4):
+* a series at step s samples one bucket of interval I = largest INTERVALS <= s per point
+  (`ts:<I>:<i // I>:<name>` for i in range(start, stop, step)); it does not sum buckets;
+* per-channel series use H = largest HASH_INTERVALS <= s (5 if s < 5) and read the
+  finalised hashes and their card/crate roll-ups.
+"""
+import json
+import math
+
+from twisted.internet import defer
+
+from minard.constants import (ALARMS_DEFAULT_BACK, ALARMS_PER_ANSWER, L2_MAX_FILES,
+                              N_CHANNELS, NHIT_HIST_INTERVAL, OWL_CHANNELS, STALE_LOOKBACK,
+                              TRIGGERS, TRIGGER_BIT)
+from minard.store import keys
+from minard.web.timeparse import BadRequest, hash_interval_for, interval_for
+
+BATCH_SCRIPT = """
+-- Read-only. ARGV[1]: JSON list of groups [op, nkeys, [args]]; KEYS: every group's keys
+-- in order. Reply: one JSON string, a list (per group) of lists (per key) of replies.
+local spec = cjson.decode(ARGV[1])
+local out = {}
+local k = 0
+for g = 1, #spec do
+  local op, n, args = spec[g][1], spec[g][2], spec[g][3]
+  local res = {}
+  for i = 1, n do
+    k = k + 1
+    local key = KEYS[k]
+    if op == 'GET' then res[i] = redis.call('GET', key)
+    elseif op == 'HMGET' then res[i] = redis.call('HMGET', key, unpack(args))
+    elseif op == 'HGETALL' then res[i] = redis.call('HGETALL', key)
+    elseif op == 'LRANGE' then res[i] = redis.call('LRANGE', key, 0, -1)
+    elseif op == 'EXISTS' then res[i] = redis.call('EXISTS', key)
+    else return redis.error_reply('unknown read ' .. tostring(op)) end
+  end
+  out[g] = res
+end
+return cjson.encode(out)
+"""
+
+LATEST_FINALISED_SCRIPT = """
+-- Read-only. KEYS: lock1, hash1, lock2, hash2, ... newest first.
+-- Reply: JSON [i, flat HGETALL] for the first finalised (lock present) pair, or [0].
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    return cjson.encode({(i + 1) / 2, redis.call('HGETALL', KEYS[i + 1])})
+  end
+end
+return cjson.encode({0})
+"""
+
+ALARMS_SCRIPT = """
+-- Read-only. KEYS[1]: alarms:count. ARGV: prefix of alarms:<id>, start ('' = the last
+-- ARGV[3]), how many back by default, at most this many.
+-- Reply: JSON [count, last id covered, [alarm JSON strings that still exist]].
+local count = tonumber(redis.call('GET', KEYS[1]))
+if not count then return cjson.encode({-1, -1, {}}) end
+local start = tonumber(ARGV[2])
+if not start then
+  start = math.max(count - tonumber(ARGV[3]), 0)
+elseif start < 0 then
+  start = math.max(count + start, 0)
+end
+local stop = math.min(count, start + tonumber(ARGV[4]))
+local found = {}
+for id = start, stop - 1 do
+  local v = redis.call('GET', ARGV[1] .. id)
+  if v then found[#found + 1] = v end
+end
+return cjson.encode({count, math.max(stop, math.min(start, count)) - 1, found})
+"""
+
+#: Expressions whose value is the raw string (SPEC §5.1).
+RAW_TRIG_FIELDS = ("gtid", "run", "subrun")
+RAW_KEYS = ("heartbeat", "l2-heartbeat", "L2:gtid", "L2:run")
+#: Plain keys whose rate is 0 (not null) when the bucket is missing.
+ZERO_RATE_KEYS = ("L1", "L2", "ORPHANS", "BURSTS")
+MEAN_KINDS = {"nhit": "trig:nhit", "charge": "trig:charge"}
+EXPR_ALPHABET = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_:.+-")
+HASH_NAMES = ("occupancy", "cmos", "base")
+METHODS = ("avg", "max")
+
+
+def _list(value):
+    """cjson encodes an empty Lua table as {}: make it the empty list it is."""
+    return value if isinstance(value, list) else []
+
+
+def _str(value):
+    return value if isinstance(value, str) else None
+
+
+def _number(value):
+    """A stored number (str) -> float, None when missing or not a number."""
+    if not isinstance(value, str):
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _pairs(flat):
+    flat = _list(flat)
+    return dict(zip(flat[::2], flat[1::2]))
+
+
+def field_of(trigger):
+    """The trig-hash field of a trigger name or TOTAL."""
+    if trigger == "TOTAL":
+        return "TOTAL"
+    return str(TRIGGER_BIT[trigger])
+
+
+class Expression:
+    """One /metric expression: what it reads and how a point's value is made."""
+
+    def __init__(self, text):
+        if not text or len(text) > 64 or not set(text) <= EXPR_ALPHABET:
+            raise BadRequest("bad expression %r" % (text,))
+        self.text = text
+        self.reads = []  # (op, name, field or None)
+        if text in TRIGGER_BIT or text == "TOTAL":
+            self.kind = "rate"
+            self.reads = [("HMGET", "trig", field_of(text))]
+            self.missing = 0.0
+        elif text in RAW_TRIG_FIELDS:
+            self.kind = "raw"
+            self.reads = [("HMGET", "trig", text)]
+        elif text in RAW_KEYS:
+            self.kind = "raw"
+            self.reads = [("GET", text, None)]
+        elif "-" in text and text not in ZERO_RATE_KEYS:
+            trigger, _, what = text.partition("-")
+            if "-" in what:
+                raise BadRequest("bad expression %r: more than one '-'" % (text,))
+            if trigger not in TRIGGER_BIT and trigger != "TOTAL":
+                raise BadRequest("unknown trigger %r in %r" % (trigger, text))
+            if what in MEAN_KINDS:
+                self.kind = "mean"
+                self.reads = [("HMGET", MEAN_KINDS[what], field_of(trigger)),
+                              ("HMGET", "trig", field_of(trigger))]
+            elif what == "Baseline":
+                self.kind = "mean"
+                self.reads = [("GET", text, None), ("GET", "baseline-count", None)]
+            else:
+                raise BadRequest("unknown quantity %r in %r (nhit, charge or Baseline)"
+                                 % (what, text))
+        else:
+            self.kind = "rate"
+            self.reads = [("GET", text, None)]
+            self.missing = 0.0 if text in ZERO_RATE_KEYS else None
+
+    def value(self, got, interval):
+        """got: the values of self.reads for one point."""
+        if self.kind == "raw":
+            return _str(got[0])
+        if self.kind == "rate":
+            x = _number(got[0])
+            return self.missing if x is None else x / interval
+        num, den = _number(got[0]), _number(got[1])
+        if num is None or not den:
+            return None
+        return num / den
+
+
+def parse_expressions(text):
+    if text is None or not text.strip():
+        raise BadRequest("missing expr")
+    from minard.constants import MAX_EXPRESSIONS
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) > MAX_EXPRESSIONS:
+        raise BadRequest("too many expressions (at most %d)" % MAX_EXPRESSIONS)
+    return [Expression(p) for p in parts]
+
+
+class Reads:
+    """The site's reads, each one round trip. `redis` is a txredisapi connection."""
+
+    def __init__(self, redis):
+        self.redis = redis
+
+    # -- the one-round-trip primitives ------------------------------------------------------
+
+    def batch(self, groups):
+        """groups: [(op, keys, args)] -> Deferred [per group: [per key: reply]].
+
+        Missing values are None; an empty hash or list is []."""
+        spec, all_keys = [], []
+        for op, group_keys, args in groups:
+            spec.append([op, len(group_keys), [str(a) for a in args]])
+            all_keys.extend(group_keys)
+        if not all_keys:
+            return defer.succeed([[] for _ in groups])
+        d = self.redis.execute_command("EVAL", BATCH_SCRIPT, len(all_keys), *all_keys,
+                                       json.dumps(spec))
+        d.addCallback(self._decode_batch, groups)
+        return d
+
+    @staticmethod
+    def _decode_batch(reply, groups):
+        out = []
+        decoded = _list(json.loads(reply))
+        for (op, group_keys, args), result in zip(groups, decoded):
+            result = _list(result)
+            values = []
+            for v in result:
+                if v is False:
+                    v = None
+                elif op == "HMGET":
+                    v = [None if x is False else x for x in _list(v)]
+                elif op in ("HGETALL", "LRANGE"):
+                    v = _list(v)
+                values.append(v)
+            values.extend([None] * (len(group_keys) - len(values)))
+            out.append(values)
+        out.extend([[] for _ in range(len(groups) - len(out))])
+        return out
+
+    def _eval_json(self, script, script_keys, args=()):
+        d = self.redis.execute_command("EVAL", script, len(script_keys), *script_keys, *args)
+        d.addCallback(json.loads)
+        return d
+
+    # -- time series -----------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def metric(self, expressions, start, stop, step):
+        """{expr text: [value per point]} for range(start, stop, step)."""
+        interval = interval_for(step)
+        buckets = [i // interval for i in range(start, stop, step)]
+        hash_fields, plain = {}, []
+        for e in expressions:
+            for op, name, field in e.reads:
+                if op == "HMGET":
+                    fields = hash_fields.setdefault(name, [])
+                    if field not in fields:
+                        fields.append(field)
+                elif name not in plain:
+                    plain.append(name)
+        groups, where = [], {}
+        for name, fields in hash_fields.items():
+            for j, field in enumerate(fields):
+                where[("HMGET", name, field)] = (len(groups), j)
+            groups.append(("HMGET", [keys.ts(interval, b, name) for b in buckets], fields))
+        for name in plain:
+            where[("GET", name, None)] = (len(groups), None)
+            groups.append(("GET", [keys.ts(interval, b, name) for b in buckets], ()))
+        results = yield self.batch(groups)
+        series = {}
+        for e in expressions:
+            sources = [where[r] for r in e.reads]
+            values = []
+            for p in range(len(buckets)):
+                got = []
+                for g, j in sources:
+                    v = results[g][p]
+                    got.append(v[j] if j is not None and v is not None else v)
+                values.append(e.value(got, interval))
+            series[e.text] = values
+        return series
+
+    @defer.inlineCallbacks
+    def hash_series(self, name, start, stop, step, crate, card=None, channel=None,
+                    method="avg"):
+        """Per point: a channel's value, or a card's / crate's avg or max (floats or None)."""
+        interval = hash_interval_for(step)
+        buckets = [i // interval for i in range(start, stop, step)]
+        if channel is not None:
+            key_of = lambda b: keys.ts(interval, b, name)  # noqa: E731
+            field = crate << 9 | card << 5 | channel
+        elif card is not None:
+            key_of = lambda b: keys.rollup(interval, b, name, "card", method)  # noqa: E731
+            field = crate << 9 | card << 5
+        else:
+            key_of = lambda b: keys.rollup(interval, b, name, "crate", method)  # noqa: E731
+            field = crate
+        (values,) = yield self.batch([("HMGET", [key_of(b) for b in buckets], [field])])
+        return [_number(v[0]) if v else None for v in values]
+
+    @defer.inlineCallbacks
+    def owl_series(self, name, start, stop, step, method="avg"):
+        """Per point: NaN-aware mean (avg) or max over the 48 OWL channels."""
+        interval = hash_interval_for(step)
+        buckets = [i // interval for i in range(start, stop, step)]
+        (values,) = yield self.batch([("HMGET", [keys.ts(interval, b, name) for b in buckets],
+                                       list(OWL_CHANNELS))])
+        out = []
+        for v in values:
+            xs = [x for x in (_number(s) for s in (v or ())) if x is not None]
+            if not xs:
+                out.append(None)
+            elif method == "max":
+                out.append(max(xs))
+            else:
+                out.append(sum(xs) / len(xs))
+        return out
+
+    # -- latest values -----------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def latest_channels(self, name, step, now):
+        """The newest finalised hash of `name` at interval H(step): (H, bucket, values).
+
+        Finalisation runs FINALISE_DELAY s after a bucket ends, so the newest complete
+        bucket (now // H − 1) may not be finalised yet: then the one before it is used.
+        values is a list of N_CHANNELS floats or None; bucket is None when neither exists.
+        """
+        interval = hash_interval_for(step)
+        newest = int(now) // interval - 1
+        candidates = [newest, newest - 1]
+        script_keys = []
+        for b in candidates:
+            script_keys += [keys.finalise_lock(interval, b, name), keys.ts(interval, b, name)]
+        reply = yield self._eval_json(LATEST_FINALISED_SCRIPT, script_keys)
+        values = [None] * N_CHANNELS
+        if not reply or not reply[0]:
+            return interval, None, values
+        for field, v in _pairs(reply[1]).items():
+            try:
+                i = int(field)
+            except ValueError:
+                continue
+            if 0 <= i < N_CHANNELS:
+                values[i] = _number(v)
+        return interval, candidates[int(reply[0]) - 1], values
+
+    @defer.inlineCallbacks
+    def nhit_samples(self, seconds, now):
+        """The sampled nhit values of the last `seconds` seconds (compat lists)."""
+        now = int(now)
+        (lists,) = yield self.batch([("LRANGE", [keys.nhit_samples(now - i)
+                                                 for i in range(seconds)], ())])
+        out = []
+        for values in lists:
+            for v in values or ():
+                x = _number(v)
+                if x is not None:
+                    out.append(int(x))
+        return out
+
+    def nhit_hist_keys(self, seconds, now):
+        """(interval, first second, stop second, keys) of the complete buckets covering
+        the last `seconds` seconds."""
+        interval = NHIT_HIST_INTERVAL if seconds <= 600 else 60
+        n = max(1, math.ceil(seconds / interval))
+        last = int(now) // interval - 1
+        bs = list(range(last - n + 1, last + 1))
+        return interval, bs[0] * interval, (last + 1) * interval, [
+            keys.nhit_hist(interval, b) for b in bs]
+
+    @staticmethod
+    def sum_hists(hashes):
+        total = {}
+        for flat in hashes:
+            for field, v in _pairs(flat).items():
+                try:
+                    nhit, events = int(field), int(float(v))
+                except ValueError:
+                    continue
+                total[nhit] = total.get(nhit, 0) + events
+        nhits = sorted(total)
+        return {"nhit": nhits, "events": [total[n] for n in nhits]}
+
+    @defer.inlineCallbacks
+    def nhit_hist(self, seconds, now):
+        """The exact nhit histogram of the last complete buckets covering `seconds`."""
+        interval, first, stop, hist_keys = self.nhit_hist_keys(seconds, now)
+        (hashes,) = yield self.batch([("HGETALL", hist_keys, ())])
+        out = self.sum_hists(hashes)
+        out.update({"seconds": stop - first, "start": first, "stop": stop,
+                    "interval": interval})
+        return out
+
+    def dispatcher(self):
+        return self.redis.get(keys.DISPATCHER)
+
+    @defer.inlineCallbacks
+    def status(self, name, now):
+        """{"status": text or None, "uptime": seconds or None} of a DAQ program."""
+        (values,) = yield self.batch([("GET", [keys.heartbeat(name), keys.uptime(name)], ())])
+        status, since = values
+        since = _number(since)
+        uptime = None if since is None else max(0, int(now - since))
+        return {"status": status, "uptime": uptime}
+
+    @defer.inlineCallbacks
+    def alarms(self, start=None, limit=ALARMS_PER_ANSWER, back=ALARMS_DEFAULT_BACK):
+        """{"alarms": [...], "latest": id}: alarms start.. that still exist (at most limit).
+
+        start None -> the last `back`; negative -> counts back from the newest."""
+        reply = yield self._eval_json(
+            ALARMS_SCRIPT, [keys.ALARMS_COUNT],
+            [keys.ALARM_PREFIX, "" if start is None else str(start), str(back), str(limit)])
+        count, latest, found = reply[0], reply[1], _list(reply[2])
+        alarms = []
+        for text in found:
+            try:
+                alarm = json.loads(text)
+            except ValueError:
+                continue  # a corrupt alarm is skipped, not a broken page
+            if isinstance(alarm, dict):
+                alarms.append(alarm)
+        return {"alarms": alarms, "latest": int(latest) if count != -1 else -1}
+
+    @defer.inlineCallbacks
+    def l2_files(self, state):
+        """{"files": [...], "times": [...]}: the newest members of l2:<state>, oldest first."""
+        flat = yield self.redis.execute_command("ZRANGE", keys.l2_state(state),
+                                                -L2_MAX_FILES, -1, "WITHSCORES")
+        flat = flat or []
+        return {"files": list(flat[::2]), "times": [_number(s) for s in flat[1::2]]}
+
+    @defer.inlineCallbacks
+    def nearline(self, run=None):
+        """(run, {program: status}) — run None means nearline:current_run (None if unset)."""
+        if run is None:
+            run = yield self.redis.get(keys.NEARLINE_CURRENT_RUN)
+            if run is None:
+                return None, {}
+        values = yield self.redis.hgetall(keys.nearline(run))
+        return run, dict(values or {})
+
+    @defer.inlineCallbacks
+    def process_stats(self):
+        """{process: {field: value}} of every minard:stats:* hash (SCAN, then one batch)."""
+        found, cursor = [], "0"
+        prefix = keys.stats("")
+        for _ in range(1000):
+            reply = yield self.redis.execute_command("SCAN", cursor, "MATCH", keys.STATS_PATTERN,
+                                                     "COUNT", 1000)
+            cursor, batch = reply[0], reply[1]
+            found.extend(batch or [])
+            if str(cursor) == "0":
+                break
+        found = sorted(set(found))
+        (hashes,) = yield self.batch([("HGETALL", found, ())])
+        return {k[len(prefix):]: _pairs(h) for k, h in zip(found, hashes)}
+
+    # -- /stream -----------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def stream_snapshot(self, second):
+        """What the live pages draw for one complete second, plus what stale needs."""
+        s = int(second)
+        look = range(STALE_LOOKBACK)
+        hist_interval = NHIT_HIST_INTERVAL
+        last_hist = (s + 1) // hist_interval - 1
+        groups = [
+            ("HGETALL", [keys.trig(1, s), keys.ts(1, s, "trig:nhit"),
+                         keys.ts(1, s, "trig:charge")], ()),
+            ("GET", [keys.DISPATCHER, keys.ALARMS_COUNT], ()),
+            ("HMGET", [keys.trig(1, s - k) for k in look], ["TOTAL"]),
+            ("GET", [keys.pull_heartbeat(1, s - k) for k in look], ()),
+            ("HGETALL", [keys.nhit_hist(hist_interval, last_hist - k) for k in (1, 0)], ()),
+        ]
+        trig, meta, totals, beats, hists = yield self.batch(groups)
+        counts, nhits, charges = (_pairs(h) for h in trig)
+        present = bool(counts)
+        rates = {}
+        for name in ("TOTAL",) + TRIGGERS:
+            c = _number(counts.get(field_of(name)))
+            rates[name] = (c or 0.0) if present else None
+        means = {}
+        for label, sums in (("nhit", nhits), ("charge", charges)):
+            means[label] = {}
+            for name in ("TOTAL", "PULGT"):
+                n = _number(counts.get(field_of(name)))
+                v = _number(sums.get(field_of(name)))
+                means[label][name] = v / n if n and v is not None else None
+        last_events = next((s - k for k, v in zip(look, totals)
+                            if v and (_number(v[0]) or 0) > 0), None)
+        last_beat = next((s - k for k, v in zip(look, beats) if v is not None), None)
+        hist = self.sum_hists(hists)
+        hist.update({"seconds": 2 * hist_interval, "start": (last_hist - 1) * hist_interval,
+                     "stop": (last_hist + 1) * hist_interval})
+        alarm_count = _number(meta[1])
+        return {
+            "time": s,
+            "present": present,
+            "rates": rates,
+            "nhit": means["nhit"],
+            "charge": means["charge"],
+            "run": counts.get("run"),
+            "subrun": counts.get("subrun"),
+            "gtid": counts.get("gtid"),
+            "dispatcher": meta[0],
+            "last_events": last_events,
+            "last_heartbeat": last_beat,
+            "nhit_hist": hist,
+            "alarm_count": None if alarm_count is None else int(alarm_count),
+        }

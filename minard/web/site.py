@@ -1,0 +1,491 @@
+"""The main web site (SPEC §5.1, §6): the shifter's pages and their JSON API, on Klein.
+
+`Site(redis, programs, log_dir)` holds its state on the instance; `Site.app` is the Klein
+router and `site.resource()` the twisted.web resource to serve. Every answer carries the
+security headers below; pages use no inline script or style, so the Content-Security-
+Policy `default-src 'self'` holds. Every URL a page uses is relative, so the site also
+works behind nginx under `/monitoring/`.
+
+Errors a client can cause are JSON `{"error": reason}` with 400 (bad input) or 404
+(unknown name); Redis being away is a 503; nothing a client sends gives a 500.
+"""
+import functools
+import json
+import os
+import time
+
+import jinja2
+import txredisapi
+from klein import Klein
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.logger import Logger
+from twisted.web.resource import NoResource
+from twisted.web.static import File
+from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
+
+from minard import constants as C
+from minard.store import keys
+from minard.store.reads import HASH_NAMES, METHODS, Reads, parse_expressions
+from minard.web import metrics as prometheus
+from minard.web.stream import StreamHub, TooManyClients, staleness
+from minard.web.timeparse import BadRequest, NotFound, parse_int, parse_window
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TEMPLATES = os.path.join(HERE, "templates")
+STATIC = os.path.join(os.path.dirname(HERE), "static")
+
+SECURITY_HEADERS = {
+    b"Content-Security-Policy": b"default-src 'self'; base-uri 'self'; form-action 'self'; "
+                                b"frame-ancestors 'none'",
+    b"X-Content-Type-Options": b"nosniff",
+    b"Referrer-Policy": b"same-origin",
+    b"X-Frame-Options": b"DENY",
+}
+
+#: The navigation bar: (relative URL, label).
+NAV = (
+    ("snostream", "Stream"), ("nhit", "NHit"), ("detector", "Detector"), ("daq", "DAQ"),
+    ("l2", "L2"), ("nearline", "Nearline"), ("status", "Status"), ("alarms", "Alarms"),
+)
+
+NEARLINE_CODES = {"0": ("Success", "ok"), "1": ("Failed", "bad"), "99": ("In progress", "warn")}
+
+REDIS_ERRORS = (txredisapi.ConnectionError, txredisapi.TimeoutError, ConnectionDone,
+                ConnectionLost, TimeoutError)
+
+
+def secure(request):
+    for name, value in SECURITY_HEADERS.items():
+        request.setHeader(name, value)
+
+
+def arg(request, name):
+    """The first value of a query parameter as text, or None."""
+    values = request.args.get(name.encode())
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("%s is not UTF-8" % (name,))
+
+
+def root_of(request):
+    """The relative way back to the site root from this page ("" or "../" ...)."""
+    path = request.path.decode("latin-1")
+    return "../" * max(0, path.count("/") - 1)
+
+
+def json_route(f):
+    """A JSON answer: the result as JSON, errors as {"error"} with 400/404/503."""
+    @functools.wraps(f)
+    @defer.inlineCallbacks
+    def wrapper(self, request, *args, **kwargs):
+        secure(request)
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        self.stats.incr("requests")
+        try:
+            result = yield defer.maybeDeferred(f, self, request, *args, **kwargs)
+        except BadRequest as e:
+            self.stats.incr("bad_requests")
+            request.setResponseCode(400)
+            result = {"error": str(e)}
+        except NotFound as e:
+            request.setResponseCode(404)
+            result = {"error": str(e)}
+        except REDIS_ERRORS as e:
+            self.stats.incr("redis_errors")
+            request.setResponseCode(503)
+            result = {"error": "Redis is unavailable (%s)" % (e.__class__.__name__,)}
+        except Exception:
+            self.stats.incr("internal_errors")
+            self.log.failure("error answering {path}", path=request.path)
+            request.setResponseCode(500)
+            result = {"error": "internal error"}
+        return json.dumps(result, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return wrapper
+
+
+def page_route(f):
+    """An HTML page: f returns (template, context)."""
+    @functools.wraps(f)
+    @defer.inlineCallbacks
+    def wrapper(self, request, *args, **kwargs):
+        secure(request)
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        self.stats.incr("page_requests")
+        try:
+            template, context = yield defer.maybeDeferred(f, self, request, *args, **kwargs)
+        except BadRequest as e:
+            request.setResponseCode(400)
+            template, context = "message.html", {"title": "Bad request", "message": str(e)}
+        except NotFound as e:
+            request.setResponseCode(404)
+            template, context = "message.html", {"title": "Not found", "message": str(e)}
+        except REDIS_ERRORS as e:
+            request.setResponseCode(503)
+            template, context = "message.html", {
+                "title": "Redis unavailable",
+                "message": "The web server cannot read Redis (%s)." % e.__class__.__name__}
+        return self.render(request, template, **context)
+    return wrapper
+
+
+class Site:
+    """The main site. redis: a txredisapi connection; programs: {name: Program}."""
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(self, redis, programs, log_dir, clock=None, stats=None):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        if stats is None:
+            from minard.stats import Stats
+            stats = Stats("web")
+        self.redis = redis
+        self.reads = Reads(redis)
+        self.programs = programs
+        self.log_dir = log_dir
+        self.clock = clock
+        self.stats = stats
+        self.hub = StreamHub(self.reads, clock, stats=stats)
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+            undefined=jinja2.StrictUndefined)
+        self.static = File(STATIC)
+        self.static.contentTypes.update({
+            ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+            ".svg": "image/svg+xml", ".json": "application/json"})
+        self.static.directoryListing = lambda: NoResource("no directory listing")
+
+    def resource(self):
+        return self.app.resource()
+
+    def now(self):
+        return self.clock.seconds()
+
+    def render(self, request, template, **context):
+        context.setdefault("root", root_of(request))
+        context.setdefault("page", "")
+        context.setdefault("title", "SNO+")
+        context.setdefault("nav", NAV)
+        context.setdefault("ranges", C.TIME_RANGES)
+        return self.templates.get_template(template).render(**context).encode("utf-8")
+
+    def known_program(self, request):
+        name = arg(request, "name")
+        if not name:
+            raise BadRequest("missing name")
+        if name not in self.programs:
+            raise NotFound("unknown program %r" % (name,))
+        return name
+
+    # -- errors ---------------------------------------------------------------------------
+
+    @app.handle_errors(RouteNotFound)
+    def not_found(self, request, failure):
+        secure(request)
+        request.setResponseCode(404)
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        return json.dumps({"error": "no such page"}).encode()
+
+    @app.handle_errors(MethodNotAllowed)
+    def not_allowed(self, request, failure):
+        secure(request)
+        request.setResponseCode(405)
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        return json.dumps({"error": "method not allowed"}).encode()
+
+    # -- pages ----------------------------------------------------------------------------
+
+    @app.route("/", methods=["GET", "HEAD"])
+    def home(self, request):
+        secure(request)
+        request.setResponseCode(302)
+        request.setHeader(b"Location", b"snostream")  # relative: works under /monitoring/
+        return b""
+
+    @app.route("/static/", branch=True, methods=["GET", "HEAD"])
+    def static_files(self, request):
+        secure(request)
+        request.setHeader(b"Cache-Control", b"public, max-age=300")
+        return self.static
+
+    @app.route("/snostream", methods=["GET", "HEAD"])
+    @page_route
+    def snostream(self, request):
+        return "snostream.html", {"page": "snostream", "title": "Stream",
+                                  "triggers": C.TRIGGERS}
+
+    @app.route("/nhit", methods=["GET", "HEAD"])
+    @page_route
+    def nhit_page(self, request):
+        return "nhit.html", {"page": "nhit", "title": "NHit"}
+
+    @app.route("/detector", methods=["GET", "HEAD"])
+    @page_route
+    def detector(self, request):
+        return "detector.html", {"page": "detector", "title": "Detector"}
+
+    @app.route("/daq", methods=["GET", "HEAD"])
+    @page_route
+    def daq(self, request):
+        return "daq.html", {"page": "daq", "title": "DAQ"}
+
+    @app.route("/graph", methods=["GET", "HEAD"])
+    @page_route
+    def graph(self, request):
+        name = arg(request, "name")
+        if not name:
+            raise BadRequest("missing name (e.g. graph?name=TOTAL)")
+        parse_expressions(name)  # a bad name is a 400 page, not a broken chart
+        return "graph.html", {"page": "graph", "title": name, "name": name}
+
+    @app.route("/l2", methods=["GET", "HEAD"])
+    @page_route
+    def l2(self, request):
+        return "l2.html", {"page": "l2", "title": "L2", "states": L2_TABLES}
+
+    @app.route("/nearline", methods=["GET", "HEAD"])
+    @app.route("/nearline/<run>", methods=["GET", "HEAD"])
+    @page_route
+    @defer.inlineCallbacks
+    def nearline(self, request, run=None):
+        if run is not None and not run.isdigit():
+            raise BadRequest("run must be a number")
+        run, jobs = yield self.reads.nearline(run)
+        rows = []
+        for program in sorted(jobs):
+            text, css = NEARLINE_CODES.get(jobs[program], ("Unknown (%s)" % jobs[program], ""))
+            rows.append({"program": program, "status": text, "css": css})
+        return "nearline.html", {"page": "nearline", "title": "Nearline", "run": run,
+                                 "rows": rows}
+
+    @app.route("/status", methods=["GET", "HEAD"])
+    @page_route
+    def status(self, request):
+        return "status.html", {"page": "status", "title": "Status",
+                               "programs": list(self.programs.values())}
+
+    @app.route("/alarms", methods=["GET", "HEAD"])
+    @page_route
+    def alarms_page(self, request):
+        return "alarms.html", {"page": "alarms", "title": "Alarms"}
+
+    @app.route("/view_log", methods=["GET", "HEAD"])
+    @page_route
+    def view_log(self, request):
+        name = self.known_program(request)
+        levels = [(level, label) for level, label in sorted(C.LEVELS.items())]
+        return "view_log.html", {"page": "status", "title": "Log of %s" % name,
+                                 "name": name, "levels": levels}
+
+    # -- JSON API -------------------------------------------------------------------------
+
+    def _window(self, request):
+        return parse_window(arg(request, "start"), arg(request, "stop"), arg(request, "step"),
+                            arg(request, "now"), self.now())
+
+    @app.route("/metric", methods=["GET", "HEAD"])
+    @json_route
+    @defer.inlineCallbacks
+    def metric(self, request):
+        text = arg(request, "expr")
+        expressions = parse_expressions(text)
+        start, stop, step = self._window(request)
+        series = yield self.reads.metric(expressions, start, stop, step)
+        if len(expressions) == 1 and "," not in text:
+            return {"values": series[expressions[0].text]}
+        return {"values": series}
+
+    def _hash_name(self, request):
+        name = arg(request, "name")
+        if name not in HASH_NAMES:
+            raise BadRequest("name must be one of %s" % ", ".join(HASH_NAMES))
+        return name
+
+    def _method(self, request):
+        method = arg(request, "method") or "avg"
+        if method not in METHODS:
+            raise BadRequest("method must be avg or max")
+        return method
+
+    @app.route("/metric_hash", methods=["GET", "HEAD"])
+    @json_route
+    @defer.inlineCallbacks
+    def metric_hash(self, request):
+        name = self._hash_name(request)
+        start, stop, step = self._window(request)
+        crate = parse_int(arg(request, "crate"), "crate", 0, C.N_CRATES - 1)
+        card = arg(request, "card")
+        channel = arg(request, "channel")
+        card = None if not card else parse_int(card, "card", 0, C.N_CARDS - 1)
+        channel = None if not channel else parse_int(channel, "channel", 0,
+                                                     C.N_CHANNELS_PER_CARD - 1)
+        if channel is not None and card is None:
+            raise BadRequest("channel needs a card")
+        method = self._method(request)
+        values = yield self.reads.hash_series(name, start, stop, step, crate, card, channel,
+                                              method)
+        return {"values": values}
+
+    @app.route("/owl_tubes", methods=["GET", "HEAD"])
+    @json_route
+    @defer.inlineCallbacks
+    def owl_tubes(self, request):
+        name = self._hash_name(request)
+        start, stop, step = self._window(request)
+        values = yield self.reads.owl_series(name, start, stop, step, self._method(request))
+        return {"values": values}
+
+    @app.route("/query", methods=["GET", "HEAD"])
+    @json_route
+    @defer.inlineCallbacks
+    def query(self, request):
+        name = arg(request, "name")
+        now = self.now()
+        if name == "dispatcher":
+            value = yield self.reads.dispatcher()
+            return {"name": value}
+        if name == "nhit":
+            seconds = parse_int(arg(request, "seconds"), "seconds", 1, C.NHIT_SAMPLES_TTL)
+            values = yield self.reads.nhit_samples(seconds, now)
+            return {"value": values}
+        if name == "nhit_hist":
+            seconds = parse_int(arg(request, "seconds"), "seconds", 1, C.NHIT_HIST_MAX_SECONDS,
+                                default=10)
+            hist = yield self.reads.nhit_hist(seconds, now)
+            return hist
+        if name in HASH_NAMES:
+            step = parse_int(arg(request, "step"), "step", 1, 10 ** 9, default=60)
+            interval, bucket, values = yield self.reads.latest_channels(name, step, now)
+            return {"values": values, "interval": interval, "bucket": bucket,
+                    "start": None if bucket is None else bucket * interval}
+        if not name:
+            raise BadRequest("missing name")
+        raise NotFound("unknown query %r (dispatcher, nhit, nhit_hist, occupancy, cmos, base)"
+                       % (name,))
+
+    @app.route("/get_status", methods=["GET", "HEAD"])
+    @json_route
+    def get_status(self, request):
+        return self.reads.status(self.known_program(request), self.now())
+
+    @app.route("/get_alarm", methods=["GET", "HEAD"])
+    @json_route
+    def get_alarm(self, request):
+        start = arg(request, "start")
+        start = None if start in (None, "") else parse_int(start, "start", -10 ** 12, 10 ** 15)
+        return self.reads.alarms(start=start)
+
+    @app.route("/get_l2", methods=["GET", "HEAD"])
+    @json_route
+    def get_l2(self, request):
+        name = arg(request, "name")
+        if not name:
+            raise BadRequest("missing name")
+        if name not in C.L2_STATES:
+            raise NotFound("unknown L2 state %r (%s)" % (name, ", ".join(C.L2_STATES)))
+        return self.reads.l2_files(name)
+
+    @app.route("/tail", methods=["GET", "HEAD"])
+    @json_route
+    def tail(self, request):
+        name = self.known_program(request)
+        seek = arg(request, "seek")
+        seek = None if seek in (None, "") else parse_int(seek, "seek", 0, 2 ** 62)
+        # The path is built from a name in programs.ini, never from the request's text.
+        path = os.path.join(self.log_dir, self.programs[name].name + ".log")
+        return tail_file(path, seek)
+
+    @app.route("/stream", methods=["GET"])
+    def stream(self, request):
+        secure(request)
+        try:
+            request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
+            request.setHeader(b"Cache-Control", b"no-store")
+            request.setHeader(b"X-Accel-Buffering", b"no")  # nginx: do not buffer
+            client = self.hub.add(request)
+        except TooManyClients:
+            request.setResponseCode(503)
+            request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+            return json.dumps({"error": "too many stream clients"}).encode()
+        return client.finished.addCallback(lambda _: b"")
+
+    @app.route("/metrics", methods=["GET", "HEAD"])
+    @defer.inlineCallbacks
+    def metrics(self, request):
+        secure(request)
+        request.setHeader(b"Content-Type", prometheus.CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        now = self.now()
+        try:
+            process_stats = yield self.reads.process_stats()
+            names = list(self.programs)
+            (beats,) = yield self.reads.batch([("GET", [keys.heartbeat(n) for n in names], ())])
+            snap = yield self.reads.stream_snapshot(int(now) - 1)
+        except REDIS_ERRORS as e:
+            request.setResponseCode(503)
+            return ("# Redis is unavailable: %s\nminard_redis_up 0\n"
+                    % e.__class__.__name__).encode()
+        stale = staleness(now, snap["last_events"], snap["last_heartbeat"])
+        text = prometheus.render(
+            process_stats, now,
+            programs_up={n: b is not None for n, b in zip(names, beats)},
+            ages={"pull_heartbeat": stale["heartbeat_age"], "events": stale["events_age"]})
+        return (text + "# TYPE minard_redis_up gauge\nminard_redis_up 1\n").encode()
+
+
+#: The L2 page's tables: (state, heading).
+L2_TABLES = (("process", "Being processed"), ("wait", "Waiting for RAT"), ("rat", "RAT"),
+             ("done", "Done"), ("fail", "Failed"))
+
+
+def _complete_lines(data):
+    """(lines, bytes consumed): only whole lines; a partial last line waits."""
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], 0
+    text = data[:end].decode("utf-8", "replace")
+    return [line.rstrip("\r") for line in text.split("\n")], end + 1
+
+
+def tail_file(path, seek, lines=C.TAIL_LINES, max_bytes=C.TAIL_MAX_BYTES):
+    """{"seek", "lines"} of a log file (the original /tail behaviour, bounded).
+
+    seek None: the last `lines` lines. seek <= size: what was appended since. seek > size:
+    the file was rotated: the rest of `<path>.1` from seek, then the new file."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return {"seek": 0, "lines": []}  # no log yet: nothing to show, not an error
+    with open(path, "rb") as f:
+        if seek is None:
+            start = max(0, size - max_bytes)
+            f.seek(start)
+            data = f.read(size - start)
+            got, used = _complete_lines(data)
+            if start > 0 and got:
+                got = got[1:]  # the first line was cut by the byte limit
+            return {"seek": start + used, "lines": got[-lines:]}
+        if seek <= size:
+            f.seek(seek)
+            data = f.read(max_bytes)
+            got, used = _complete_lines(data)
+            if not used and len(data) >= max_bytes:  # one line longer than the limit
+                got, used = [data.decode("utf-8", "replace")], len(data)
+            return {"seek": seek + used, "lines": got}
+        out = []
+        try:
+            with open(path + ".1", "rb") as old:
+                old.seek(seek)
+                out, _ = _complete_lines(old.read(max_bytes))
+        except OSError:
+            pass
+        f.seek(0)
+        got, used = _complete_lines(f.read(max_bytes))
+        return {"seek": used, "lines": out + got}
