@@ -8,7 +8,7 @@ import struct
 
 import numpy as np
 
-from minard.constants import N_CRATES, RECORD_PMT
+from minard.constants import N_CHANNELS, N_CRATES, RECORD_PMT
 
 HEADER_SIZE = 12
 PMT_FIXED_SIZE = 44
@@ -25,7 +25,7 @@ _HIT = struct.Struct(">III")
 # byte offsets inside a record (header included)
 _OFF_RUN = HEADER_SIZE + 4
 _OFF_SUBRUN = HEADER_SIZE + 12   # DaqStatus
-_OFF_NHIT = HEADER_SIZE + 14     # NPmtHit
+_OFF_NHIT = HEADER_SIZE + 14     # NPmtHit (low half of the word at _OFF_SUBRUN)
 _OFF_W3 = HEADER_SIZE + 20 + 12
 _OFF_W4 = HEADER_SIZE + 20 + 16
 
@@ -139,6 +139,19 @@ class EventBatch:
 
 
 _EMPTY_U32 = np.zeros(0, dtype=np.uint32)
+
+
+def _channel_table():
+    """Bits 16-29 of hit word 1 (channel, crate, card) -> channel index; a crate above 19
+    maps to N_CHANNELS or more, which the decoder counts as corrupt."""
+    bits = np.arange(1 << 14, dtype=np.int64)
+    channel, crate, card = bits & 0x1F, (bits >> 5) & 0x1F, (bits >> 10) & 0xF
+    table = crate << 9 | card << 5 | channel
+    table[crate >= N_CRATES] = N_CHANNELS + table[crate >= N_CRATES]
+    return table
+
+
+_CHANNEL_OF_BITS = _channel_table()
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
 _BYTE4 = np.arange(4, dtype=np.int64)
 
@@ -147,10 +160,6 @@ def _u32_at(arr, positions):
     """Big-endian u32 at each byte position of a uint8 array."""
     b = arr[positions[:, None] + _BYTE4].astype(np.uint32)
     return b[:, 0] << 24 | b[:, 1] << 16 | b[:, 2] << 8 | b[:, 3]
-
-
-def _u16_at(arr, positions):
-    return arr[positions].astype(np.uint32) << 8 | arr[positions + 1].astype(np.uint32)
 
 
 def decode_batch(records):
@@ -170,6 +179,17 @@ def decode_batch(records):
     arr = np.frombuffer(buf, dtype=np.uint8)
     starts = np.zeros(n, dtype=np.int64)
     np.cumsum(lengths[:-1], out=starts[1:])
+    if len(buf) % 4 == 0 and not (lengths % 4).any():
+        # every record starts on a word boundary: index the buffer as 32-bit words
+        words = np.frombuffer(buf, dtype="<u4")
+
+        def u32(positions):
+            return words[positions >> 2].byteswap()
+    else:
+        words = None
+
+        def u32(positions):
+            return _u32_at(arr, positions)
 
     has_header = lengths >= HEADER_SIZE
     n_short = n - int(has_header.sum())
@@ -179,7 +199,7 @@ def decode_batch(records):
         hdr_lengths = lengths[has_header]
     else:
         hdr_starts, hdr_lengths = starts, lengths
-    ids = _u32_at(arr, hdr_starts)
+    ids = u32(hdr_starts)
     is_pmt = ids == RECORD_PMT
     batch.n_other = int(len(ids) - is_pmt.sum())
     pmt_starts = hdr_starts[is_pmt]
@@ -190,7 +210,7 @@ def decode_batch(records):
         batch.corrupt["pmt_short"] = int((~big_enough).sum())
         pmt_starts = pmt_starts[big_enough]
         pmt_lengths = pmt_lengths[big_enough]
-    nhit = _u16_at(arr, pmt_starts + _OFF_NHIT).astype(np.int64)
+    nhit = (u32(pmt_starts + _OFF_SUBRUN) & 0xFFFF).astype(np.int64)
     fits = pmt_lengths >= HITS_OFFSET + HIT_SIZE * nhit
     if not fits.all():
         batch.corrupt["pmt_truncated"] = int((~fits).sum())
@@ -201,13 +221,13 @@ def decode_batch(records):
     if n_events == 0:
         return batch
 
-    w3 = _u32_at(arr, pmt_starts + _OFF_W3)
-    w4 = _u32_at(arr, pmt_starts + _OFF_W4)
+    w3 = u32(pmt_starts + _OFF_W3)
+    w4 = u32(pmt_starts + _OFF_W4)
     batch.trig = (w3 >> 24) & 0xFF | (w4 & TRIGGER_W4_MASK) << 8
     batch.nhit = nhit
     last = pmt_starts[-1:]
-    batch.last = (int(_u32_at(arr, last + _OFF_RUN)[0]),
-                  int(_u16_at(arr, last + _OFF_SUBRUN)[0]),
+    batch.last = (int(u32(last + _OFF_RUN)[0]),
+                  int(u32(last + _OFF_SUBRUN)[0] >> 16),
                   int(w3[-1] & GTID_MASK))
 
     total_hits = int(nhit.sum())
@@ -216,28 +236,27 @@ def decode_batch(records):
         return batch
     ends = np.cumsum(nhit)
     before = ends - nhit
-    hit_number = np.arange(total_hits, dtype=np.int64) - np.repeat(before, nhit)
-    hit_start = np.repeat(pmt_starts + HITS_OFFSET, nhit) + HIT_SIZE * hit_number
-    if len(buf) % 4 == 0 and not (starts % 4).any():
-        # every record starts on a word boundary: index the buffer as big-endian words
-        words = np.frombuffer(buf, dtype=">u4")
-        wi = hit_start >> 2
-        w1 = words[wi].astype(np.uint32)
-        w2 = words[wi + 1].astype(np.uint32)
+    if words is not None:
+        wi = np.repeat((pmt_starts + HITS_OFFSET) // 4 - 3 * before, nhit)
+        wi += np.arange(0, 3 * total_hits, 3, dtype=np.int64)
+        w1 = words[wi].byteswap()
+        w2 = words[wi + 1].byteswap()
     else:
+        hit_start = np.repeat(pmt_starts + HITS_OFFSET - HIT_SIZE * before, nhit)
+        hit_start += np.arange(0, HIT_SIZE * total_hits, HIT_SIZE, dtype=np.int64)
         w1 = _u32_at(arr, hit_start)
         w2 = _u32_at(arr, hit_start + 4)
 
-    qhs = ((w2 >> 16) & QHS_MASK).astype(np.int64)
-    cumulative = np.zeros(total_hits + 1, dtype=np.int64)
-    np.cumsum(qhs, out=cumulative[1:])
-    batch.charge = cumulative[ends] - cumulative[before]
+    qhs = (w2 >> 16) & QHS_MASK
+    with_hits = nhit > 0
+    charge = np.zeros(n_events, dtype=np.int64)
+    charge[with_hits] = np.add.reduceat(qhs, before[with_hits], dtype=np.int64)
+    batch.charge = charge
 
-    crate = (w1 >> 21) & 0x1F
-    channels = (crate << 9 | ((w1 >> 26) & 0xF) << 5 | (w1 >> 16) & 0x1F).astype(np.int64)
-    good = crate < N_CRATES
-    if not good.all():
-        batch.corrupt["hit_bad_crate"] = int((~good).sum())
-        channels = channels[good]
+    channels = np.take(_CHANNEL_OF_BITS, (w1 >> 16) & 0x3FFF)
+    bad = channels >= N_CHANNELS
+    if bad.any():
+        batch.corrupt["hit_bad_crate"] = int(bad.sum())
+        channels = channels[~bad]
     batch.channels = channels
     return batch
