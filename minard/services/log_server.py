@@ -1,0 +1,93 @@
+"""`log-server`: the logging server of the DAQ programs (SPEC §5.2), its own heartbeat
+(program `log`, written straight to Redis) and the stale-data watchdog.
+
+    twistd -n minard --role=log-server --listen tcp:8081 --auth-file /etc/minard/users \\
+        --log-dir /var/log/snoplus --programs etc/programs.ini
+"""
+import os
+
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from minard import constants as C
+from minard.auth import AuthFileError, Authenticator
+from minard.programs import ProgramsError, load_programs
+from minard.services.common import ProcessBase
+from minard.store import logserver as store
+from minard.tap import OptionError
+from minard.watchdog import Watchdog, parse_section
+from minard.web.logsite import make_log_site
+
+#: The log server's own entry in programs.ini.
+OWN_PROGRAM = "log"
+
+
+class OwnHeartbeat(TimerService):
+    """heartbeat:log every few seconds, straight to Redis (posting to itself over HTTP
+    would add nothing)."""
+
+    log = Logger()
+
+    def __init__(self, redis, program, clock, stats, interval=C.HEARTBEAT_INTERVAL):
+        TimerService.__init__(self, interval, self.beat)
+        self.clock = clock
+        self.redis = redis
+        self.program = program
+        self.stats = stats
+        self._pending = None
+
+    def beat(self):
+        if self._pending is not None:
+            return
+        d = self._pending = defer.maybeDeferred(
+            store.post_heartbeat, self.redis, self.program.name, "ok", self.program.expire,
+            self.clock.seconds())
+        d.addErrback(lambda f: self.stats.incr("heartbeat_errors"))
+        d.addBoth(self._done)  # may run at once: _pending is None again
+
+    def _done(self, _):
+        self._pending = None
+
+
+def make_service(options, reactor):
+    if not options.get("auth-file"):
+        raise OptionError("--auth-file is required for role log-server (writes need "
+                          "credentials; create the file with: minard-passwd FILE USER)")
+    try:
+        auth = Authenticator(options["auth-file"])
+    except AuthFileError as e:
+        raise OptionError("--auth-file: %s" % (e,))
+    if not auth.users:
+        raise OptionError("--auth-file: %s has no users (add one with minard-passwd %s USER)"
+                          % (options["auth-file"], options["auth-file"]))
+    try:
+        programs = load_programs(options["programs"])
+    except ProgramsError as e:
+        raise OptionError("--programs: %s" % (e,))
+    sections = options.get("config-sections") or {}
+    try:
+        watchdog_enabled, watchdog_after = parse_section(sections.get("watchdog"))
+    except ValueError as e:
+        raise OptionError(str(e))
+    try:
+        os.makedirs(options["log-dir"], exist_ok=True)
+    except OSError as e:
+        raise OptionError("--log-dir: cannot create %s: %s" % (options["log-dir"], e.strerror))
+    if not os.access(options["log-dir"], os.W_OK):
+        raise OptionError("--log-dir: %s is not writable" % (options["log-dir"],))
+
+    base = ProcessBase(options, "log-server")
+    site = make_log_site(base.redis, programs, options["log-dir"], auth, clock=reactor,
+                         stats=base.stats)
+    endpoint = endpoints.serverFromString(reactor, options["listen"])
+    listener = StreamServerEndpointService(endpoint, site.site())
+    listener._raiseSynchronously = True  # a port in use stops the start, not just logs
+    listener.setServiceParent(base.service)
+    if OWN_PROGRAM in programs:
+        OwnHeartbeat(base.redis, programs[OWN_PROGRAM], reactor,
+                     base.stats).setServiceParent(base.service)
+    if watchdog_enabled:
+        Watchdog(base.redis, after=watchdog_after, clock=reactor,
+                 stats=base.stats).setServiceParent(base.service)
+    return base.service

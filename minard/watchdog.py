@@ -1,0 +1,168 @@
+"""The stale-data watchdog (runs inside the log-server process).
+
+Stale is not the same as zero: the shifter must be told when the data stop, not shown a
+flat line. Three conditions are watched, each on its own:
+
+* `pull`: no dispatch-pull worker heartbeat (`ts:1:<b>:heartbeat`) in recent seconds;
+* `dispatcher`: the `dispatcher` key is missing (the push side has no dispatcher link);
+* `events`: the pull workers are alive but TOTAL of `ts:1:<b>:trig` stays missing or 0.
+
+A condition that lasts `after` seconds raises ONE alarm (level 40); when the data come
+back ONE "cleared" alarm at level 21 (SUCCESS) is recorded. While the pull workers are
+down the event count is unknown, so no `events` alarm is raised for that time.
+Configured by the `[watchdog]` INI section: `enabled` (default yes), `after-seconds`.
+"""
+from twisted.application.internet import TimerService
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from minard import constants as C
+from minard.store import keys
+from minard.store import logserver as store
+
+#: Seconds looked at on each tick: the current one and a few before it (a worker
+#: writes a second when it ends, a little after the tick may have looked).
+LOOKBACK = 3
+#: Name shown in the alarms (`watchdog - ...`).
+ALARM_NAME = "watchdog"
+WATCHDOG_KEYS = {"enabled", "after-seconds"}
+
+
+class Condition:
+    """One watched condition: when it last was fine and whether its alarm is up."""
+
+    def __init__(self, name, stale_text, cleared_text, since):
+        self.name = name
+        self.stale_text = stale_text
+        self.cleared_text = cleared_text
+        self.last_ok = since
+        self.alarmed = False
+
+
+class Watchdog(TimerService):
+    log = Logger()
+
+    def __init__(self, redis, after=C.WATCHDOG_AFTER, interval=C.WATCHDOG_INTERVAL,
+                 clock=None, stats=None):
+        TimerService.__init__(self, interval, self.tick)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.redis = redis
+        self.after = after
+        self.stats = stats
+        self._pending = None
+        self._failing = False
+        self.conditions = {}
+
+    def startService(self):
+        now = self.clock.seconds()
+        after = int(self.after)
+        self.conditions = {
+            "pull": Condition("pull", "no dispatch-pull worker heartbeat for %d s" % after,
+                              "dispatch-pull workers are alive again", now),
+            "dispatcher": Condition("dispatcher",
+                                    "no dispatcher link for %d s (key `dispatcher` missing)"
+                                    % after, "the dispatcher link is up again", now),
+            "events": Condition("events", "no events for %d s (event rate is 0)" % after,
+                                "events are arriving again", now),
+        }
+        TimerService.startService(self)
+
+    def stopService(self):
+        d = TimerService.stopService(self)
+        if self._pending is not None:
+            self._pending.cancel()
+        return d
+
+    def tick(self):
+        """Look at Redis once; never raises (errors are counted and logged once)."""
+        if self._pending is not None:  # Redis is slow: do not pile up checks
+            return
+        d = self._pending = defer.maybeDeferred(self._check)
+        d.addErrback(self._failed)
+        d.addBoth(self._done)  # may run at once: _pending is None again
+
+    def _done(self, _):
+        self._pending = None
+
+    def _failed(self, failure):
+        if failure.check(defer.CancelledError):
+            return
+        if self.stats is not None:
+            self.stats.incr("watchdog_errors")
+        if not self._failing:
+            self.log.failure("watchdog: check failed (Redis away?); retrying every tick",
+                             failure)
+        self._failing = True
+
+    @defer.inlineCallbacks
+    def _check(self):
+        now = self.clock.seconds()
+        second = int(now)
+        seconds = range(second - LOOKBACK, second + 1)
+        totals = yield defer.gatherResults(
+            [self.redis.hget(keys.trig(1, b), "TOTAL") for b in seconds], consumeErrors=True)
+        beats = yield self.redis.mget([keys.pull_heartbeat(1, b) for b in seconds])
+        dispatcher = yield self.redis.exists(keys.DISPATCHER)
+        pull_ok = any(beats)
+        events_ok = any(_positive(t) for t in totals)
+        yield self._update(self.conditions["pull"], pull_ok, now)
+        yield self._update(self.conditions["dispatcher"], bool(dispatcher), now)
+        events = self.conditions["events"]
+        if not pull_ok and not events_ok:
+            events.last_ok = max(events.last_ok, now)  # unknown, not zero
+        yield self._update(events, events_ok, now)
+        if self._failing:
+            self.log.info("watchdog: checks work again")
+        self._failing = False
+
+    @defer.inlineCallbacks
+    def _update(self, condition, ok, now):
+        if ok:
+            condition.last_ok = now
+            if condition.alarmed:
+                yield self._alarm(21, condition.cleared_text, now)
+                condition.alarmed = False
+        elif not condition.alarmed and now - condition.last_ok >= self.after:
+            yield self._alarm(C.ALARM_LEVEL, condition.stale_text, now)
+            condition.alarmed = True
+
+    @defer.inlineCallbacks
+    def _alarm(self, level, text, now):
+        alarm_id = yield store.raise_alarm(self.redis, level, "%s - %s" % (ALARM_NAME, text),
+                                           now)
+        if self.stats is not None:
+            self.stats.incr("watchdog_alarms")
+        self.log.info("watchdog alarm {id} (level {alarm_level}): {text}", id=alarm_id,
+                      alarm_level=level, text=text)
+
+
+def _positive(value):
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def parse_section(section):
+    """(enabled, after) from a [watchdog] section; raises ValueError with the reason."""
+    section = section or {}
+    unknown = set(section) - WATCHDOG_KEYS
+    if unknown:
+        raise ValueError("[watchdog] unknown key %r (known: %s)"
+                         % (sorted(unknown)[0], ", ".join(sorted(WATCHDOG_KEYS))))
+    enabled_text = str(section.get("enabled", "yes")).strip().lower()
+    if enabled_text in ("yes", "true", "on", "1"):
+        enabled = True
+    elif enabled_text in ("no", "false", "off", "0"):
+        enabled = False
+    else:
+        raise ValueError("[watchdog] enabled must be yes or no, not %r" % (enabled_text,))
+    try:
+        after = float(section.get("after-seconds", C.WATCHDOG_AFTER))
+    except ValueError:
+        raise ValueError("[watchdog] after-seconds must be a number of seconds")
+    if not 1 <= after <= 86400:
+        raise ValueError("[watchdog] after-seconds must be between 1 and 86400")
+    return enabled, after

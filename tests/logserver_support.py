@@ -1,0 +1,106 @@
+"""A real logging server for tests: LogSite on a free loopback port, a real Redis, a
+temporary log directory and auth file (user `snoplus`, password `pw`)."""
+import base64
+import os
+import socket
+import tempfile
+
+import treq
+from twisted.internet import reactor, threads
+
+from minard import auth
+from minard.programs import load_programs
+from minard.store.connection import connect
+from minard.web.logsite import make_log_site
+from tests.support import RedisTestMixin
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROGRAMS_INI = os.path.join(os.path.dirname(HERE), "etc", "programs.ini")
+USER, PASSWORD = "snoplus", "pw"
+_HASH = []
+
+
+def password_hash():
+    """One scrypt hash for the whole run (each costs tens of ms)."""
+    if not _HASH:
+        _HASH.append(auth.hash_password(PASSWORD))
+    return _HASH[0]
+
+
+def write_users(directory):
+    path = os.path.join(directory, "users")
+    auth.write_auth_file(path, {USER: password_hash()})
+    return path
+
+
+def basic(user=USER, password=PASSWORD):
+    return b"Basic " + base64.b64encode(("%s:%s" % (user, password)).encode())
+
+
+class LogServerMixin(RedisTestMixin):
+    """setUp starts a LogSite: self.url, self.log_dir, self.logsite, self.sync (Redis)."""
+
+    site_clock = None
+
+    def setUp(self):
+        RedisTestMixin.setUp(self)
+        self.tmp = tempfile.mkdtemp(prefix="minard-logsite-")
+        self.log_dir = os.path.join(self.tmp, "logs")
+        self.auth_file = write_users(self.tmp)
+        self.redis = connect(self.redis_server.url)
+        self.addCleanup(self.redis.disconnect)
+        self.programs = load_programs(PROGRAMS_INI)
+        self.logsite = make_log_site(self.redis, self.programs, self.log_dir,
+                                     auth.Authenticator(self.auth_file),
+                                     clock=self.site_clock or reactor)
+        self.listener = reactor.listenTCP(0, self.logsite.site(), interface="127.0.0.1")
+        self.addCleanup(self.listener.stopListening)
+        self.port = self.listener.getHost().port
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def post(self, path, data, authorization=None, headers=None):
+        """POST; fires (code, headers, body bytes). data: dict or bytes."""
+        hdrs = {b"authorization": [authorization or basic()]}
+        if authorization is False:
+            hdrs = {}
+        if isinstance(data, bytes):
+            hdrs[b"content-type"] = [b"application/x-www-form-urlencoded"]
+        hdrs.update(headers or {})
+        d = treq.post(self.url + path, data=data, headers=hdrs, persistent=False)
+
+        def read(response):
+            return treq.content(response).addCallback(
+                lambda body: (response.code, response.headers, body))
+
+        return d.addCallback(read)
+
+    def raw(self, request_bytes, body_chunks=(), timeout=10):
+        """Send raw bytes from a thread (blocking socket); fires with the response bytes."""
+
+        def talk():
+            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+                s.sendall(request_bytes)
+                try:
+                    for chunk in body_chunks:
+                        s.sendall(chunk)
+                except OSError:
+                    pass  # the server may close once it has answered
+                out = b""
+                while True:
+                    try:
+                        data = s.recv(65536)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    out += data
+                return out
+
+        return threads.deferToThread(talk)
+
+    def log_files(self):
+        return sorted(os.listdir(self.log_dir)) if os.path.isdir(self.log_dir) else []
+
+    def log_lines(self, name):
+        with open(os.path.join(self.log_dir, name + ".log"), encoding="ascii") as f:
+            return f.read().splitlines()
