@@ -18,9 +18,9 @@ from zmq import constants, error
 
 _STAMP = struct.Struct(">q")
 
-#: Messages (batches) queued per socket before sends fail: with ~1000 records a batch,
-#: a few seconds of data at full rate.
-DEFAULT_HWM = 1000
+#: Messages (batches) queued per socket before sends fail: with up to 4000 records a
+#: batch, about a second of data at full rate (bounded memory: ~100 MB per side).
+DEFAULT_HWM = 64
 #: Messages a PullLink handles per reactor turn before yielding.
 READS_PER_TURN = 64
 
