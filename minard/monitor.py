@@ -179,6 +179,7 @@ class HeartbeatService(Service):
 
     def __init__(self, base_url=None, name=None, credentials=None, interval=C.HEARTBEAT_INTERVAL,
                  status=None, trust_root=None, reactor=None, clock=None, poster=None):
+        self._owns_poster = poster is None
         if poster is None:
             poster = Poster(base_url, credentials, trust_root=trust_root, reactor=reactor,
                             clock=clock)
@@ -206,6 +207,8 @@ class HeartbeatService(Service):
         self._call = None
         if self._inflight is not None:
             self._inflight.cancel()
+        if self._owns_poster:
+            return self.poster.close()
 
     def _schedule(self, delay):
         if self.running:
@@ -449,6 +452,19 @@ class LogForwarder(Service):
         return d.addBoth(finish)
 
 
+class MonitorService(MultiService):
+    """Heartbeat and log forwarding sharing one Poster, whose connections it closes."""
+
+    def __init__(self, poster):
+        super().__init__()
+        self.poster = poster
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        yield super().stopService()
+        yield self.poster.close()
+
+
 # -- configuration ------------------------------------------------------------------------
 
 MONITOR_KEYS = {"url", "user", "password", "password-file", "cafile", "interval", "level"}
@@ -512,7 +528,7 @@ def _from_config(section, name, status_fn, reactor):
         raise ConfigError("interval must be between 0.1 and 3600 s")
     level_text = str(section.get("level", "WARNING")).strip().lower()
     poster = Poster(url, credentials, cafile=section.get("cafile") or None, reactor=reactor)
-    service = MultiService()
+    service = MonitorService(poster)
     HeartbeatService(name=name, interval=interval, status=status_fn,
                      poster=poster).setServiceParent(service)
     if level_text not in ("off", "none", ""):

@@ -7,6 +7,7 @@ import tempfile
 
 import treq
 from twisted.internet import reactor, threads
+from twisted.protocols.policies import WrappingFactory
 
 from minard import auth
 from minard.programs import load_programs
@@ -53,10 +54,24 @@ class LogServerMixin(RedisTestMixin):
         self.logsite = make_log_site(self.redis, self.programs, self.log_dir,
                                      auth.Authenticator(self.auth_file),
                                      clock=self.site_clock or reactor)
-        self.listener = reactor.listenTCP(0, self.logsite.site(), interface="127.0.0.1")
-        self.addCleanup(self.listener.stopListening)
+        # WrappingFactory tracks the server's connections, so a test can kill the server
+        self.factory = WrappingFactory(self.logsite.site())
+        self.listener = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.addCleanup(self.stop_server)
         self.port = self.listener.getHost().port
         self.url = "http://127.0.0.1:%d" % self.port
+
+    def stop_server(self):
+        """Stop listening and drop every connection, as if the process died."""
+        for protocol in list(self.factory.protocols):
+            protocol.transport.abortConnection()
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            return listener.stopListening()
+
+    def start_server(self):
+        """Listen again on the same port."""
+        self.listener = reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
 
     def post(self, path, data, authorization=None, headers=None):
         """POST; fires (code, headers, body bytes). data: dict or bytes."""
