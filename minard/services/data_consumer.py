@@ -1,0 +1,382 @@
+"""`data-consumer`: ZeroMQ PULL (5557 CMOS, 5558 BASE) -> CMOS rates and base currents
+in Redis (SPEC §3, §4). Any number of workers per port.
+
+* CMOS: the rate of a channel comes from its previous (count, receipt time), shared by
+  all workers in Redis and updated atomically per record by a Lua script
+  (store/datastream.py). Records queue while a script call is in flight and go out
+  together in the next one, so a busy worker makes few round trips. The receipt time is
+  the producer's stamp (ZeroMQ frame 0), so every worker agrees on it.
+* BASE: raw − 127 of the masked-in channels of present slots.
+* Values are summed per channel in memory by 5 s bucket (the smallest hash interval) and
+  flushed every second, also when idle, into `ts:H:b:<name>:sum/len` of every hash
+  interval in one round trip; then the due buckets are finalised (store/finalise.py).
+* While Redis is away, records and sums wait in memory, bounded; what a bound drops is
+  counted. A failed flush is retried as it was, with the same flush id, so a flush that
+  was applied but whose reply was lost is not counted twice.
+* Corrupt input (bad stamp, truncated records, wrong payload length, unknown record ids)
+  is counted per kind and logged once per interval; it never stops the worker.
+* SIGTERM (stopService) flushes everything held, within a time limit.
+"""
+import collections
+import itertools
+import os
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import numpy as np
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from minard import constants as C, zmqlink
+from minard.services.common import ProcessBase
+from minard.stats import CorruptionLog
+from minard.store.datastream import CmosState, SumsStore
+from minard.store.finalise import Finaliser
+from minard.wire import datastream as ds
+
+#: How often the worker flushes and finalises (s).
+TICK = 1.0
+#: Sums are held by buckets of this many seconds (divides every hash interval).
+BUCKET = min(C.HASH_INTERVALS)
+#: Most buckets held while Redis is away (180 × 5 s = 15 minutes), per kind.
+MAX_PENDING_BUCKETS = 180
+#: Most CMOS records waiting for the state script (about 10 minutes of real load).
+MAX_QUEUED_RECORDS = 20000
+#: CMOS records per state-script call at most (keeps each script call short).
+CMOS_BATCH = 64
+#: After a failed Redis call, wait this long before the next attempt (s).
+RETRY_DELAY = 1.0
+#: Receipt stamps further than this from the local clock are corrupt (s).
+MAX_CLOCK_SKEW = 86400
+#: On SIGTERM, wait at most this long for the last writes (s).
+STOP_TIMEOUT = 8.0
+
+NAMES = {C.RECORD_CMOS: "cmos", C.RECORD_BASE: "base"}
+PORT_KINDS = {5557: ("cmos",), 5558: ("base",)}
+
+
+class ChannelSums:
+    """Per-channel sums and sample counts of one quantity, by BUCKET-second bucket."""
+
+    def __init__(self, max_buckets=MAX_PENDING_BUCKETS):
+        self.max_buckets = max_buckets
+        self.buckets = {}
+
+    def add(self, second, index, values):
+        """Add one record's values (unique channel indices). Returns the samples a full
+        store had to drop (the oldest bucket goes)."""
+        b = int(second) // BUCKET
+        entry = self.buckets.get(b)
+        dropped = 0
+        if entry is None:
+            entry = self.buckets[b] = (np.zeros(C.N_CHANNELS), np.zeros(C.N_CHANNELS, np.int64))
+            while len(self.buckets) > self.max_buckets:
+                oldest = min(self.buckets)
+                dropped += int(self.buckets.pop(oldest)[1].sum())
+        entry[0][index] += values
+        entry[1][index] += 1
+        return dropped
+
+    def __len__(self):
+        return len(self.buckets)
+
+    def take(self):
+        """Everything held, as [(first second of bucket, index, sums, lens)]; empties."""
+        out = []
+        for b in sorted(self.buckets):
+            sums, lens = self.buckets[b]
+            index = np.flatnonzero(lens)
+            if len(index):
+                out.append((b * BUCKET, index, sums[index], lens[index]))
+        self.buckets = {}
+        return out
+
+
+def kinds_for(options):
+    """The quantities a worker finalises: by its port (5557 cmos, 5558 base), else both."""
+    port = options.get("port")
+    if options.get("zmq"):
+        try:
+            port = urlsplit(options["zmq"]).port
+        except ValueError:
+            port = None
+    return PORT_KINDS.get(port, ("cmos", "base"))
+
+
+def address_for(options):
+    return options.get("zmq") or "tcp://127.0.0.1:%d" % options["port"]
+
+
+class DataConsumer(Service):
+    log = Logger()
+
+    def __init__(self, address, kinds, redis, stats, clock, link_factory=None):
+        self.address = address
+        self.kinds = list(kinds)
+        self.state = CmosState(redis)
+        self.store = SumsStore(redis)
+        self.finaliser = Finaliser(redis)
+        self.stats = stats
+        self.clock = clock
+        self.link_factory = link_factory or zmqlink.PullLink
+        self.corruption = CorruptionLog(stats, clock=clock.seconds)
+        self.sums = {"cmos": ChannelSums(), "base": ChannelSums()}
+        self.queue = collections.deque()   # CMOS records waiting for the state script
+        self.cmos_in_flight = None
+        self.cmos_retry_at = 0.0
+        self.unsent = None                 # (flush_id, groups, samples) of a failed flush
+        self.flush_in_flight = None
+        self.flush_retry_at = 0.0
+        self.finalising = {}
+        self.link = None
+        self._ticker = None
+        self._stopping = False
+        # flush ids must never collide between workers (a collision looks like a retry)
+        self._run = "data-consumer-%s" % (uuid.uuid4().hex,)
+        self._flush_ids = itertools.count()
+
+    # -- receiving -------------------------------------------------------------------
+
+    def startService(self):
+        Service.startService(self)
+        self.link = self.link_factory(self.address, self.on_message)
+        self._ticker = task.LoopingCall(self.tick)
+        self._ticker.clock = self.clock
+        self._ticker.start(TICK, now=False).addErrback(
+            lambda f: self.log.failure("data consumer ticker stopped", f))
+
+    def on_message(self, frames):
+        try:
+            self._handle(frames)
+        except Exception:  # one bad message never kills the worker
+            self.corruption.note("undecodable_message")
+            self.log.failure("unexpected error handling a message")
+        self.pump_cmos()
+
+    def _handle(self, frames):
+        self.stats.incr("messages")
+        if len(frames) < 2:
+            self.corruption.note("message_without_records")
+            return
+        ns = zmqlink.unstamp(frames[0])
+        if ns is None or abs(ns / 1e9 - self.clock.seconds()) > MAX_CLOCK_SKEW:
+            self.corruption.note("bad_receipt_stamp", len(frames) - 1)
+            return
+        for frame in frames[1:]:
+            try:
+                records = ds.split_records(frame)
+            except ds.CorruptRecord as e:
+                self.corruption.note(e.kind, 1, str(e))
+                continue
+            for record in records:
+                self.add_record(ns, record)
+
+    def add_record(self, ns, record):
+        name = NAMES.get(record.record_id)
+        if name is None:
+            self.corruption.note("unknown_record", 1, ds.record_name(record.record_id))
+            return
+        if name not in self.kinds:
+            self.kinds.append(name)  # finalise what we receive, whatever the port
+        try:
+            if name == "cmos":
+                self.add_cmos(ns, ds.decode_cmos(record.payload))
+            else:
+                self.add_base(ns, ds.decode_base(record.payload))
+        except ds.CorruptRecord as e:
+            self.corruption.note("%s_%s" % (name, e.kind), 1, str(e))
+            return
+        self.stats.incr("records_" + name)
+
+    def add_cmos(self, ns, rec):
+        if rec.truncated_slots:
+            self.stats.incr("cmos_truncated_records")
+            self.stats.incr("cmos_truncated_slots", rec.truncated_slots)
+        valid = rec.valid
+        n_invalid = len(valid) - int(valid.sum())
+        if n_invalid:
+            self.stats.incr("cmos_invalid_counts", n_invalid)
+        if not len(rec.index):
+            return
+        self.queue.append((rec.crate, ns, rec.index[valid], rec.count[valid],
+                           rec.masked_in[valid]))
+        while len(self.queue) > MAX_QUEUED_RECORDS:
+            self.queue.popleft()
+            self.stats.incr("dropped_records")
+            self.corruption.note("record_queue_full", 0, "Redis unreachable or slow; "
+                                 "oldest CMOS records dropped")
+
+    def add_base(self, ns, rec):
+        self.stats.incr("base_samples", len(rec.index))
+        self._add("base", ns // 1_000_000_000, rec.index, rec.current)
+
+    def _add(self, name, second, index, values):
+        if not len(index):
+            return
+        if self.clock.seconds() >= (second // BUCKET + 1) * BUCKET + C.FINALISE_DELAY:
+            self.stats.incr("late_samples", len(index))
+        dropped = self.sums[name].add(second, index, values)
+        if dropped:
+            self.stats.incr("dropped_samples", dropped)
+            self.corruption.note("sums_full", 0, "Redis unreachable; oldest sums dropped")
+
+    # -- CMOS state ------------------------------------------------------------------
+
+    def pump_cmos(self):
+        """Send the queued CMOS records to the state script, one call at a time."""
+        if self.cmos_in_flight is not None or not self.queue:
+            return None
+        if self.clock.seconds() < self.cmos_retry_at:
+            return None
+        batch = [self.queue.popleft() for _ in range(min(CMOS_BATCH, len(self.queue)))]
+        d = self.cmos_in_flight = self.state.rates(batch)
+        d.addCallbacks(self._rated, self._rating_failed, callbackArgs=(batch,),
+                       errbackArgs=(batch,))
+        d.addErrback(lambda f: self.log.failure("CMOS bookkeeping failed", f))
+        return d
+
+    def _rated(self, results, batch):
+        self.cmos_in_flight = None
+        n = 0
+        for (crate, ns, *_), (index, rate) in zip(batch, results):
+            self._add("cmos", ns // 1_000_000_000, index, rate)
+            n += len(index)
+        self.stats.incr("cmos_rates", n)
+        self.stats.incr("cmos_records_rated", len(batch))
+        self.pump_cmos()
+
+    def _rating_failed(self, failure, batch):
+        self.cmos_in_flight = None
+        self.stats.incr("cmos_state_errors")
+        self.queue.extendleft(reversed(batch))
+        self.cmos_retry_at = self.clock.seconds() + RETRY_DELAY
+        self.corruption.note("cmos_state_failed", 0, failure.getErrorMessage())
+
+    # -- flushing and finalising -----------------------------------------------------
+
+    def tick(self):
+        try:
+            if self.link is not None:
+                self.link.kick()
+            self.pump_cmos()
+            self.flush()
+            self.finalise()
+            self.stats.set("queued_records", len(self.queue))
+            self.stats.set("pending_buckets", sum(len(s) for s in self.sums.values()))
+        except Exception:
+            self.log.failure("data consumer tick failed")
+
+    def _next_flush(self):
+        if self.unsent is not None:
+            return self.unsent
+        groups = []
+        samples = 0
+        for name, sums in self.sums.items():
+            for t, index, s, lens in sums.take():
+                groups.append((name, t, index, s, lens))
+                samples += int(lens.sum())
+        if not groups:
+            return None
+        self.unsent = ("%s:%d" % (self._run, next(self._flush_ids)), groups, samples)
+        return self.unsent
+
+    def flush(self):
+        """Flush what is held (one flush in flight at a time)."""
+        if self.flush_in_flight is not None:
+            return self.flush_in_flight
+        if self.clock.seconds() < self.flush_retry_at:
+            return None
+        pending = self._next_flush()
+        if pending is None:
+            return None
+        flush_id, groups, samples = pending
+        started = time.monotonic()
+        d = self.flush_in_flight = self.store.flush(flush_id, groups)
+
+        def applied(result):
+            self.flush_in_flight = None
+            self.unsent = None
+            self.stats.incr("flushes")
+            self.stats.incr("flushed_samples", samples)
+            if result == 0:
+                self.stats.incr("flushes_repeated")
+            self.stats.set("flush_latency_ms", round((time.monotonic() - started) * 1000, 3))
+
+        def failed(failure):
+            self.flush_in_flight = None
+            self.stats.incr("flush_errors")
+            self.flush_retry_at = self.clock.seconds() + RETRY_DELAY
+            self.corruption.note("flush_failed", 0, failure.getErrorMessage())
+
+        d.addCallbacks(applied, failed)
+        d.addErrback(lambda f: self.log.failure("flush bookkeeping failed", f))
+        return d
+
+    def finalise(self):
+        now = int(self.clock.seconds())
+        for name in self.kinds:
+            if self.finalising.get(name) is not None:
+                continue
+            d = self.finalising[name] = self.finaliser.finalise_due(name, "mean", now)
+
+            def done(result, name=name):
+                self.finalising[name] = None
+                n = sum(result.values())
+                if n:
+                    self.stats.incr("finalised_" + name, n)
+
+            def failed(failure, name=name):
+                self.finalising[name] = None
+                self.stats.incr("finalise_errors")
+                self.corruption.note("finalise_failed", 0, failure.getErrorMessage())
+
+            d.addCallbacks(done, failed)
+
+    # -- stopping --------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        """SIGTERM: rate the queued CMOS records and flush every sum, within a limit."""
+        self._stopping = True
+        Service.stopService(self)
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        if self.link is not None:
+            self.link.kick()
+            self.link.shutdown()
+            self.link = None
+        deadline = self.clock.seconds() + STOP_TIMEOUT
+        self.cmos_retry_at = self.flush_retry_at = 0.0
+        while self.clock.seconds() < deadline:
+            d = self.cmos_in_flight or self.pump_cmos()
+            if d is None:
+                if self.queue:  # waiting out a retry delay
+                    yield task.deferLater(self.clock, 0.2, lambda: None)
+                    continue
+                d = self.flush_in_flight or self.flush()
+                if d is None:
+                    if self.unsent is None and not any(len(s) for s in self.sums.values()):
+                        break
+                    yield task.deferLater(self.clock, 0.2, lambda: None)
+                    continue
+            try:
+                yield d
+            except Exception:
+                pass
+        lost = len(self.queue)
+        held = sum(len(s) for s in self.sums.values()) + (self.unsent is not None)
+        if lost or held:
+            self.log.error("stopping with {n} CMOS records and {b} sum buckets unwritten",
+                           n=lost, b=held)
+
+
+def make_service(options, reactor):
+    port = urlsplit(address_for(options)).port
+    process = "data-consumer-%s-%d" % (port, os.getpid())
+    base = ProcessBase(options, process, heartbeat_name="minard-data-consumer")
+    consumer = DataConsumer(address_for(options), kinds_for(options), base.redis,
+                            base.stats, reactor)
+    consumer.setServiceParent(base.service)
+    return base.service
