@@ -3,7 +3,7 @@ bytes, per-second flush, finalised hashes and roll-ups, corrupt input, Redis out
 import struct
 
 import numpy as np
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from minard import constants as C, zmqlink
@@ -327,8 +327,7 @@ class OutageTests(ConsumerTestBase):
             if w.unsent is None and not w.queue and not any(len(s) for s in w.sums.values()):
                 break
             self.clock.advance(data_consumer.RETRY_DELAY)
-            yield task.deferLater(__import__("twisted.internet.reactor").internet.reactor,
-                                  0.1, lambda: None)
+            yield task.deferLater(reactor, 0.1, lambda: None)
         check = self.own.command
         self.assertEqual(check("HGET", "ts:5:%d:base:sum" % (T0 // 5), "0"), "3")
         # the CMOS state was lost with the Redis restart (no persistence): no rate yet,

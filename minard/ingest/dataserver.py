@@ -1,0 +1,194 @@
+"""Client of the SNO+ data server (SPEC §2.4): subscribe to CMOS and BASE records and
+hand every record on, keeping the link healthy.
+
+* On connecting, the client sends `SCmd` with the wanted record ids and waits for the
+  `SRsp`. An error reply, or no reply within SUBSCRIBE_TIMEOUT, is logged and the
+  connection dropped and retried with a growing delay (the original client never
+  noticed a server that ignored it).
+* A server that sends nothing for DATA_SERVER_SILENCE seconds (its crates report about
+  once a second) is treated as gone: the connection is dropped and made again.
+* A stream that cannot be framed (a length above MAX_RECORD_SIZE) is counted, and the
+  connection dropped and made again.
+ClientService does the reconnecting, with exponential backoff.
+"""
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import protocol
+from twisted.logger import Logger
+
+from minard import constants as C
+from minard.stats import CorruptionLog
+from minard.wire import datastream as ds
+
+WANTED = (C.RECORD_CMOS, C.RECORD_BASE)
+#: Bytes read from the socket at once.
+READ_SIZE = 1 << 16
+
+
+class DataServerProtocol(protocol.Protocol):
+    """One connection to the data server."""
+
+    log = Logger()
+
+    def __init__(self):
+        self.decoder = ds.FrameDecoder()
+        self.subscribed = False
+        self.dropped = False
+        self._reply_timer = None
+        self._silence_timer = None
+
+    def connectionMade(self):
+        f = self.factory
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = READ_SIZE
+        self.transport.write(ds.encode_subscribe(f.wanted))
+        self._reply_timer = f.clock.callLater(f.subscribe_timeout, self._no_reply)
+        self._silence_timer = f.clock.callLater(f.silence_timeout, self._silent)
+        f.link_up(self)
+
+    def dataReceived(self, data):
+        if self.dropped:
+            return
+        f = self.factory
+        f.stats.incr("bytes", len(data))
+        if self._silence_timer is not None and self._silence_timer.active():
+            self._silence_timer.reset(f.silence_timeout)
+        try:
+            frames = self.decoder.feed(data)
+        except ds.CorruptStream as e:
+            f.corruption.note("stream", 1, str(e))
+            self.drop("corrupt stream")
+            return
+        records = []
+        for frame in frames:
+            if frame.record_id in f.wanted:
+                records.append(frame)
+            elif frame.record_id == C.RECORD_SRSP:
+                if records:
+                    f.on_records(records)
+                    records = []
+                self._reply(frame)
+                if self.dropped:
+                    return
+            else:
+                f.stats.incr("unexpected_records")
+                f.corruption.note("unexpected_record", 1, ds.record_name(frame.record_id))
+        if records:
+            f.on_records(records)
+
+    def _reply(self, frame):
+        f = self.factory
+        message = ds.decode_response(frame.payload)
+        self._cancel(self._reply_timer)
+        if message == "OK":
+            if not self.subscribed:
+                self.subscribed = True
+                f.subscribed(self)
+            return
+        f.stats.incr("subscribe_errors")
+        f.failures += 1
+        self.log.error("data server refused the subscription to {ids}: {message!r}; "
+                       "reconnecting", ids=", ".join(ds.record_name(i) for i in f.wanted),
+                       message=message)
+        self.drop("subscription refused")
+
+    def _no_reply(self):
+        f = self.factory
+        self._reply_timer = None
+        f.stats.incr("subscribe_timeouts")
+        f.failures += 1
+        self.log.error("data server did not answer the subscription within {t:g} s; "
+                       "reconnecting", t=f.subscribe_timeout)
+        self.drop("no subscription reply")
+
+    def _silent(self):
+        f = self.factory
+        self._silence_timer = None
+        f.stats.incr("silent_drops")
+        f.failures += 1
+        self.log.warn("data server silent for {t:g} s; reconnecting", t=f.silence_timeout)
+        self.drop("silent")
+
+    def drop(self, why):
+        if not self.dropped:
+            self.dropped = True
+            self.factory.stats.incr("drops")
+            self.transport.abortConnection()
+
+    @staticmethod
+    def _cancel(call):
+        if call is not None and call.active():
+            call.cancel()
+
+    def connectionLost(self, reason):
+        self._cancel(self._reply_timer)
+        self._cancel(self._silence_timer)
+        self._reply_timer = self._silence_timer = None
+        self.factory.link_down(self)
+
+
+class DataServerClientFactory(protocol.Factory):
+    """Builds connections for a ClientService and reports to `listener`:
+    listener.on_records(frames), and optionally link_up(p), subscribed(p), link_down(p)."""
+
+    protocol = DataServerProtocol
+    log = Logger()
+
+    def __init__(self, listener, stats, clock, wanted=WANTED,
+                 subscribe_timeout=C.SUBSCRIBE_TIMEOUT, silence_timeout=C.DATA_SERVER_SILENCE):
+        self.listener = listener
+        self.stats = stats
+        self.clock = clock
+        self.wanted = tuple(wanted)
+        self.subscribe_timeout = subscribe_timeout
+        self.silence_timeout = silence_timeout
+        self.corruption = CorruptionLog(stats, clock=clock.seconds)
+        self.connection = None
+        self.failures = 0       # bad connections in a row: lengthens the retry delay
+        self.stats.set("connected", 0)
+        self.stats.set("subscribed", 0)
+
+    def on_records(self, frames):
+        self.failures = 0
+        self.stats.incr("records", len(frames))
+        self.listener.on_records(frames)
+
+    def link_up(self, connection):
+        self.connection = connection
+        self.stats.incr("connections")
+        self.stats.set("connected", 1)
+        self._notify("link_up", connection)
+
+    def subscribed(self, connection):
+        self.failures = 0
+        self.stats.set("subscribed", 1)
+        self.log.info("subscribed to {ids} on the data server",
+                      ids=", ".join(ds.record_name(i) for i in self.wanted))
+        self._notify("subscribed", connection)
+
+    def link_down(self, connection):
+        if self.connection is connection:
+            self.connection = None
+            self.stats.set("connected", 0)
+            self.stats.set("subscribed", 0)
+        self._notify("link_down", connection)
+
+    def _notify(self, what, connection):
+        method = getattr(self.listener, what, None)
+        if method is not None:
+            method(connection)
+
+    def retry_policy(self, initial, maximum):
+        """Backoff over failed connection attempts and bad connections in a row."""
+        base = backoffPolicy(initialDelay=initial, maxDelay=maximum)
+        return lambda attempt: base(attempt + self.failures)
+
+
+#: Reconnection delays (s): the first retry, and the most it grows to.
+RETRY_INITIAL = 1.0
+RETRY_MAX = 30.0
+
+
+def client_service(endpoint, factory, clock, initial=RETRY_INITIAL, maximum=RETRY_MAX):
+    """A ClientService keeping one connection to the data server."""
+    return ClientService(endpoint, factory, retryPolicy=factory.retry_policy(initial, maximum),
+                         clock=clock)
