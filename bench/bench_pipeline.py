@@ -7,16 +7,25 @@ private redis-server. At the end the TOTAL counts in Redis are compared with wha
 
     .venv/bin/python bench/bench_pipeline.py --rate 250000 --seconds 60 --workers 1
     .venv/bin/python bench/bench_pipeline.py --rate 0 --seconds 20      # as fast as possible
+    .venv/bin/python bench/bench_pipeline.py --ladder --seconds 10     # rates x 1, 2, 4 workers
 
-Prints events/s sent and counted, the loss, CPU per event and peak memory of each process.
+Prints events/s offered, taken and counted, the loss, how long after its end each second
+is visible in the web site's /metric (p50, p99), CPU per event and peak memory per process.
+Back-pressure: when the pipeline cannot take the offered rate, push stops reading and the
+sender is slowed by TCP (a real dispatcher with a `w` subscription would drop for us):
+the "in" rate then falls below the target, which is where the ladder stops.
 """
 import argparse
+import json
 import multiprocessing
 import os
+import platform
 import socket
-import struct
 import sys
+import tempfile
+import threading
 import time
+import urllib.request
 
 import numpy as np
 
@@ -98,44 +107,85 @@ def total_counted(redis):
     return total
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=250000, help="events/s, 0 = max")
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--nhit", type=float, default=30)
-    args = parser.parse_args()
+class LatencyProbe(threading.Thread):
+    """Polls the web site's /metric every 50 ms and notes when each second first shows
+    events: latency = that moment - the end of the second (events of a second are all
+    received by its end, so an event's own latency is this plus up to one second less)."""
 
+    def __init__(self, port):
+        threading.Thread.__init__(self, daemon=True)
+        self.port = port
+        self.first_seen = {}
+        self.request_ms = []
+        self.running = True
+
+    def run(self):
+        while self.running:
+            now = time.time()
+            start = int(now) - 4
+            url = ("http://127.0.0.1:%d/metric?expr=TOTAL&start=%d&stop=%d&step=1"
+                   % (self.port, start, int(now) + 1))
+            try:
+                t = time.perf_counter()
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    values = json.load(r)["values"]
+                self.request_ms.append((time.perf_counter() - t) * 1000)
+                seen = time.time()
+                for i, v in enumerate(values):
+                    second = start + i
+                    if v and second not in self.first_seen:
+                        self.first_seen[second] = seen - (second + 1)
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+
+    def latencies(self, first, last):
+        return sorted(v for s, v in self.first_seen.items() if first <= s <= last)
+
+
+def percentile(values, q):
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def run_once(rate, seconds, workers, nhit):
     redis_server = RedisServer().start()
     redis = SyncRedis(redis_server.port)
     dispatcher_port = free_port()
+    web_port = free_port()
     zmq = "tcp://127.0.0.1:%d" % free_port()
     manager = multiprocessing.Manager()
     result = manager.dict()
     send = multiprocessing.Process(target=sender, args=(
-        dispatcher_port, args.rate, args.seconds, args.nhit, result))
+        dispatcher_port, rate, seconds, nhit, result))
     send.start()
     time.sleep(0.5)
     pulls = [RoleProcess("dispatch-pull", "--redis", redis_server.url, "--zmq", zmq,
-                         "--name", "bench-pull-%d" % i).start() for i in range(args.workers)]
+                         "--name", "bench-pull-%d" % i).start() for i in range(workers)]
     push = RoleProcess("dispatch-push", "--redis", redis_server.url, "--zmq", zmq,
                        "--port", str(dispatcher_port)).start()
+    web = RoleProcess("web", "--redis", redis_server.url, "--listen",
+                      "tcp:%d:interface=127.0.0.1" % web_port,
+                      "--log-dir", tempfile.mkdtemp(prefix="minard-bench-logs-"),
+                      "--programs", os.path.join(REPO, "etc", "programs.ini")).start()
     processes = [("redis-server", redis_server.process.pid), ("push", push.process.pid)]
     processes += [("pull-%d" % i, p.process.pid) for i, p in enumerate(pulls)]
-    processes.append(("sender", send.pid))
+    processes += [("web", web.process.pid), ("sender", send.pid)]
+    probe = LatencyProbe(web_port)
     try:
         deadline = time.time() + 30
         while "handshake" not in result and time.time() < deadline:
             time.sleep(0.1)
+        probe.start()
         cpu0 = {name: proc_cpu(pid) for name, pid in processes}
         t0 = time.time()
         while "sent" not in result:
             time.sleep(0.2)
+        t_sent = time.time()
         sent = result["sent"]
-        # drain: until the count stops moving
         last, still = -1, 0
-        while still < 3:
+        while still < 3:  # drain: until the count stops moving
             time.sleep(1)
             counted = total_counted(redis)
             still = still + 1 if counted == last else 0
@@ -144,30 +194,69 @@ def main():
         cpu = {name: proc_cpu(pid) - cpu0[name] for name, pid in processes}
         peak = {name: proc_peak_rss(pid) for name, pid in processes}
         push_stats = redis.hgetall("minard:stats:dispatch-push")
-        pull_stats = [redis.hgetall("minard:stats:bench-pull-%d" % i) for i in range(args.workers)]
+        pull_stats = [redis.hgetall("minard:stats:bench-pull-%d" % i) for i in range(workers)]
     finally:
-        push.stop()
-        for p in pulls:
+        probe.running = False
+        for p in [push, web] + pulls:
             p.stop()
         send.terminate()
         redis_server.cleanup()
+    latencies = probe.latencies(int(t0) + 2, int(t_sent) - 1)
+    return {
+        "rate": rate, "seconds": seconds, "workers": workers, "nhit": nhit,
+        "sent": sent, "send_seconds": result["send_seconds"], "counted": counted,
+        "elapsed": elapsed, "cpu": cpu, "peak": peak, "processes": [n for n, _ in processes],
+        "dropped": int(push_stats.get("dropped_records", 0)),
+        "backpressure": int(push_stats.get("backpressure_events", 0)),
+        "corrupt": sum(int(v) for st in pull_stats for k, v in st.items()
+                       if k.startswith("corrupt_")),
+        "latency_p50": percentile(latencies, 0.5), "latency_p99": percentile(latencies, 0.99),
+        "metric_ms_p50": percentile(sorted(probe.request_ms), 0.5),
+    }
 
-    send_seconds = result["send_seconds"]
+
+def report(r):
+    rate = "max" if not r["rate"] else "%.0f" % r["rate"]
+    in_rate = r["sent"] / r["send_seconds"]
+    print("target %s ev/s, %d worker(s), %.0f s, nhit %.0f: in %.0f ev/s, counted %d of %d "
+          "(loss %d = %.4f%%; dropped by push %d; back-pressure %d; corrupt %d)"
+          % (rate, r["workers"], r["seconds"], r["nhit"], in_rate, r["counted"], r["sent"],
+             r["sent"] - r["counted"], 100.0 * (r["sent"] - r["counted"]) / max(r["sent"], 1),
+             r["dropped"], r["backpressure"], r["corrupt"]))
+    print("  second visible in /metric after its end: p50 %.3f s, p99 %.3f s; /metric p50 %.1f ms"
+          % (r["latency_p50"], r["latency_p99"], r["metric_ms_p50"]))
+    for name in r["processes"]:
+        cpu = r["cpu"][name]
+        print("  %-13s CPU %6.2f s = %5.2f us/event (%3.0f%% of a core)  peak RSS %7.1f MB"
+              % (name, cpu, cpu / max(r["counted"], 1) * 1e6, 100 * cpu / r["elapsed"],
+                 r["peak"][name] / 1e6))
+    sys.stdout.flush()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=250000, help="events/s, 0 = max")
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--nhit", type=float, default=30)
+    parser.add_argument("--ladder", action="store_true",
+                        help="rates 50k, 100k, 200k, ... with 1, 2 and 4 workers, each until "
+                             "the pipeline no longer takes the offered rate")
+    args = parser.parse_args()
     print("command: %s" % " ".join(["python"] + sys.argv))
-    print("machine: %d cores, %s" % (os.cpu_count(), os.uname().release))
-    print("target rate %s events/s for %.0f s, mean nhit %.0f, %d pull worker(s)"
-          % ("max" if not args.rate else "%.0f" % args.rate, args.seconds, args.nhit,
-             args.workers))
-    print("sent     %10d events  %10.0f events/s" % (sent, sent / send_seconds))
-    print("counted  %10d events  (loss %d = %.4f%%)" % (counted, sent - counted,
-                                                        100.0 * (sent - counted) / max(sent, 1)))
-    print("dropped by push (HWM): %s; backpressure events: %s; corrupt in pulls: %s"
-          % (push_stats.get("dropped_records", 0), push_stats.get("backpressure_events", 0),
-             sum(int(v) for s in pull_stats for k, v in s.items() if k.startswith("corrupt_"))))
-    for name, _ in processes:
-        print("%-13s CPU %6.2f s = %5.2f us/event  (%.0f%% of a core)  peak RSS %6.1f MB"
-              % (name, cpu[name], cpu[name] / max(counted, 1) * 1e6,
-                 100 * cpu[name] / elapsed, peak[name] / 1e6))
+    print("machine: %d cores, %s, %s" % (os.cpu_count(), os.uname().release, platform.processor()
+                                         or platform.machine()))
+    if not args.ladder:
+        report(run_once(args.rate, args.seconds, args.workers, args.nhit))
+        return
+    for workers in (1, 2, 4):
+        for rate in (50000, 100000, 200000, 300000, 400000, 500000):
+            r = run_once(rate, args.seconds, workers, args.nhit)
+            report(r)
+            if r["sent"] / r["send_seconds"] < 0.95 * rate or r["counted"] < r["sent"]:
+                print("  -> %d worker(s) no longer keep up at %d ev/s" % (workers, rate))
+                break
 
 
 if __name__ == "__main__":
