@@ -115,8 +115,9 @@ class StreamClient:
 
     def drop(self):
         """Disconnect a client that cannot keep up."""
+        channel = getattr(self.request, "channel", None)
+        transport = getattr(channel, "transport", None)
         self.hub.remove(self)
-        transport = getattr(self.request.channel, "transport", None)
         if transport is not None:
             abort = getattr(transport, "abortConnection", None) or transport.loseConnection
             abort()
