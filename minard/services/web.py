@@ -37,5 +37,6 @@ def make_service(options, reactor):
     listener._raiseSynchronously = True
     listener.setServiceParent(base.service)
     StreamShutdown(site.hub).setServiceParent(base.service)
-    base.site = site
+    base.service.site = site  # for tests and introspection
+    base.service.redis = base.redis
     return base.service
