@@ -22,7 +22,7 @@ _STAMP = struct.Struct(">q")
 #: batch, about a second of data at full rate (bounded memory: ~100 MB per side).
 DEFAULT_HWM = 64
 #: Messages a PullLink handles per reactor turn before yielding.
-READS_PER_TURN = 64
+READS_PER_TURN = 8
 
 
 def stamp(ns):

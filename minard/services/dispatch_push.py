@@ -26,8 +26,10 @@ WANTED_TAGS = (tag_bytes("RAWDATA"), tag_bytes("RECHDR"))
 #: Records per ZeroMQ message at most; a batch also leaves after BATCH_DELAY seconds.
 BATCH_RECORDS = 4000
 BATCH_DELAY = 0.002
-#: How long a batch refused by the high-water mark is held before it is dropped (s).
-HOLD_LIMIT = 1.0
+#: How long a batch refused by the high-water mark is held before it is dropped (s):
+#: long enough for supervisord to restart a worker pool, short enough that a dead pool
+#: shows up as counted drops here rather than as silent drops at the dispatcher.
+HOLD_LIMIT = 5.0
 RETRY_INTERVAL = 0.005
 #: The dispatcher key: refreshed this often, living this long (SPEC §4).
 DISPATCHER_REFRESH = 20
