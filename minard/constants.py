@@ -121,3 +121,10 @@ TIME_RANGES = (
     ("1w", "1 week", 604800), ("1mo", "1 month", 2592000), ("3mo", "3 months", 7776000),
     ("1y", "1 year", 31536000), ("10y", "10 years", 315360000),
 )
+
+#: Deployment (etc/, minard.deploy, scripts/run-local): the ports around the roles.
+NGINX_PORT = 50000  # nginx in front of the web site (under /monitoring/) and the log server
+REDIS_PORT = 6379
+SUPERVISOR_PORT = 9001  # supervisord's inet server (127.0.0.1 only, with a password)
+#: Seconds supervisord gives a process between TERM and KILL (pull workers flush on TERM).
+STOP_WAIT_SECONDS = 20
