@@ -1,0 +1,53 @@
+/* Stream (home page): trigger rates, mean nhit/charge, run/subrun/gtid, heartbeat. */
+(function () {
+  "use strict";
+
+  var MEANS = { "TOTAL-nhit": ["nhit", "TOTAL"], "TOTAL-charge": ["charge", "TOTAL"],
+                "PULGT-nhit": ["nhit", "PULGT"], "PULGT-charge": ["charge", "PULGT"] };
+  var NOT_RATES = ["run", "subrun", "gtid", "heartbeat"].concat(Object.keys(MEANS));
+
+  function live(msg, expr) {
+    if (msg.error) { return null; }
+    if (expr === "heartbeat") { return msg.last_heartbeat === msg.time ? 1 : null; }
+    if (expr === "run" || expr === "subrun" || expr === "gtid") { return msg[expr]; }
+    if (MEANS[expr]) { var m = MEANS[expr]; return msg[m[0]] ? msg[m[0]][m[1]] : null; }
+    return msg.rates ? msg.rates[expr] : undefined;
+  }
+
+  /* A rate of 0 in a bucket without any pull-worker heartbeat is "no data", not zero. */
+  function mask(ys, from) {
+    var beat = ys.heartbeat || [], out = {}, m = [];
+    for (var i = from; i < beat.length; i++) { m.push(beat[i] === null); }
+    Object.keys(ys).forEach(function (e) { if (NOT_RATES.indexOf(e) < 0) { out[e] = m; } });
+    return out;
+  }
+
+  var panels = new Minard.SeriesPanels({ live: live, mask: mask, extraExprs: ["heartbeat"] });
+
+  var toggle = document.getElementById("toggle-ext");
+  toggle.addEventListener("click", function () {
+    var show = toggle.getAttribute("aria-pressed") !== "true";
+    toggle.setAttribute("aria-pressed", show ? "true" : "false");
+    Array.prototype.forEach.call(document.querySelectorAll(".ext-trigger"), function (p) { p.hidden = !show; });
+    panels.draw();
+  });
+
+  function fact(id, value, bad) {
+    var el = document.getElementById(id);
+    Minard.text(el, value === null || value === undefined ? "–" : value);
+    el.parentNode.classList.toggle("bad", !!bad);
+  }
+
+  Minard.stream.on(function (msg) {
+    if (msg.error) { fact("v-rate", "no data", true); return; }
+    var total = msg.rates ? msg.rates.TOTAL : null;
+    fact("v-rate", total === null ? "no data" : Minard.fmtSI(total), total === null);
+    if (msg.run !== null && msg.run !== undefined) { fact("v-run", msg.run); }
+    if (msg.subrun !== null && msg.subrun !== undefined) { fact("v-subrun", msg.subrun); }
+    if (msg.gtid !== null && msg.gtid !== undefined) { fact("v-gtid", msg.gtid); }
+    fact("v-dispatcher", msg.dispatcher || "not connected", !msg.dispatcher);
+    var age = msg.stale ? msg.stale.heartbeat_age : null;
+    fact("v-heartbeat", age === null ? "none" : (age <= 2 ? "alive" : Minard.fmtAge(age) + " ago"),
+         age === null || age > 10);
+  });
+}());
