@@ -241,7 +241,7 @@ class HeartbeatService(Service):
         return self.interval
 
     def _failed(self, failure):
-        if failure.check(defer.CancelledError):
+        if failure.check(defer.CancelledError) or not self.running:
             return None
         self.failed += 1
         reason = failure.value
