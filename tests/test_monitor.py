@@ -453,3 +453,30 @@ class CommandTests(LogServerMixin, unittest.TestCase):
         self.assertIn(b"url must be", err)
 
 
+
+
+class SelfMonitoringTests(LogServerMixin, unittest.TestCase):
+    """Every minard process posts its own heartbeat: ProcessBase + the [monitor] section."""
+
+    @defer.inlineCallbacks
+    def test_process_heartbeat(self):
+        from minard.services.common import ProcessBase
+
+        pw = os.path.join(self.tmp, "pw")
+        with open(pw, "w") as f:
+            f.write(PASSWORD + "\n")
+        options = {"redis": self.redis_server.url, "config-sections": {"monitor": {
+            "url": self.url, "user": USER, "password-file": pw, "interval": "0.2"}}}
+        base = ProcessBase(options, "web", heartbeat_name="minard-web",
+                           status=lambda: "serving 3 clients")
+        self.addCleanup(base.redis.disconnect)
+        base.service.startService()
+        self.addCleanup(base.service.stopService)
+        yield wait_for(lambda: self.sync.command("GET", "heartbeat:minard-web")
+                       == "serving 3 clients")
+        self.assertTrue(10 < self.sync.command("TTL", "heartbeat:minard-web") <= 15)
+        # and its warnings reach its log on the server
+        Logger(namespace="minard.web").warn("slow Redis reply: {ms} ms", ms=900)
+        yield wait_for(lambda: "minard-web.log" in self.log_files())
+        [line] = self.log_lines("minard-web")
+        self.assertEqual(logformat.parse_line(line)["message"], "slow Redis reply: 900 ms")
