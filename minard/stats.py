@@ -60,11 +60,10 @@ class StatsPublisher(TimerService):
             return
         key = keys.stats(self.stats.process)
         values = self.stats.snapshot()
-        d = self.redis.hmset(key, values)
+        d = self._pending = self.redis.hmset(key, values)
         d.addCallback(lambda _: self.redis.expire(key, STATS_TTL))
         d.addErrback(self._failed)
-        d.addBoth(self._done)
-        self._pending = d
+        d.addBoth(self._done)  # may run at once: _pending is set before
 
     def _done(self, _):
         self._pending = None
