@@ -141,10 +141,16 @@ class DispatcherProtocol(protocol.Protocol):
         try:
             frames = self.decoder.feed(data)
         except CorruptStream as e:
+            self.forward(e.frames)  # complete before the corruption: received intact
             service.corruption.note("stream", 1, str(e))
             stats.incr("corrupt_streams_dropped")
             self.transport.abortConnection()
             return
+        self.forward(frames)
+
+    def forward(self, frames):
+        service = self.factory.service
+        stats = service.stats
         if not frames:
             return
         stats.incr("frames", len(frames))
@@ -158,6 +164,9 @@ class DispatcherProtocol(protocol.Protocol):
         service.forwarder.add(records)
 
     def connectionLost(self, reason):
+        if self.decoder.buffered and not self.decoder.corrupt:
+            # the dispatcher went away in the middle of a frame: that record never came
+            self.factory.service.stats.incr("partial_frames_dropped")
         self.factory.service.link_down(self)
 
 

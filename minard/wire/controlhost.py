@@ -9,7 +9,15 @@ from minard.constants import MAX_RECORD_SIZE
 
 
 class CorruptStream(Exception):
-    """The byte stream cannot be framed any more: the connection must be dropped."""
+    """The byte stream cannot be framed any more: the connection must be dropped.
+
+    `frames`: the complete frames that came before the corruption in the same feed();
+    they were received intact and must not be lost with the connection.
+    """
+
+    def __init__(self, message, frames=()):
+        Exception.__init__(self, message)
+        self.frames = list(frames)
 
 
 class Dialect:
@@ -85,7 +93,8 @@ class FrameDecoder:
             if size < 0 or size > max_size:
                 self.corrupt = True
                 self._buffer = b""
-                raise CorruptStream("frame size %d out of range 0..%d" % (size, max_size))
+                raise CorruptStream("frame size %d out of range 0..%d" % (size, max_size),
+                                    frames)
             end = pos + prefix + size
             if end > n:
                 break
