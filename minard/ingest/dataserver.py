@@ -55,9 +55,15 @@ class DataServerProtocol(protocol.Protocol):
         try:
             frames = self.decoder.feed(data)
         except ds.CorruptStream as e:
-            f.corruption.note("stream", 1, str(e))
-            self.drop("corrupt stream")
+            self.handle_frames(e.frames)  # complete before the corruption: received intact
+            if not self.dropped:
+                f.corruption.note("stream", 1, str(e))
+                self.drop("corrupt stream")
             return
+        self.handle_frames(frames)
+
+    def handle_frames(self, frames):
+        f = self.factory
         records = []
         for frame in frames:
             if frame.record_id in f.wanted:

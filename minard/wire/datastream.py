@@ -20,7 +20,15 @@ Frame = namedtuple("Frame", "record_id version payload")
 
 
 class CorruptStream(ValueError):
-    """The byte stream cannot be framed any further (the connection must be dropped)."""
+    """The byte stream cannot be framed any further (the connection must be dropped).
+
+    `frames`: the complete frames that came before the corruption in the same feed();
+    they were received intact and must not be lost with the connection.
+    """
+
+    def __init__(self, message, frames=()):
+        ValueError.__init__(self, message)
+        self.frames = list(frames)
 
 
 class CorruptRecord(ValueError):
@@ -84,7 +92,7 @@ class FrameDecoder:
                 self._broken = "record %s of %d bytes is larger than %d" % (
                     record_name(rid), length, self.max_size)
                 del buf[:]
-                raise CorruptStream(self._broken)
+                raise CorruptStream(self._broken, frames)
             stop = offset + HEADER_SIZE + length
             if stop > end:
                 break
