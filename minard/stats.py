@@ -11,6 +11,8 @@ from twisted.logger import Logger
 from minard.store import keys
 
 PUBLISH_INTERVAL = 1.0
+#: On stop, the last snapshot waits at most this long for Redis (s).
+FINAL_PUBLISH_TIMEOUT = 2.0
 #: The stats hash outlives its process by this much, so /metrics can tell a dead one.
 STATS_TTL = 3600
 
@@ -70,6 +72,23 @@ class StatsPublisher(TimerService):
 
     def _failed(self, failure):
         self.stats.incr("stats_publish_errors")
+
+    def stopService(self):
+        """Stop the timer, then publish one last snapshot (bounded wait): the hash then
+        shows everything the process did up to its end, e.g. a SIGTERM-ed worker's last
+        flushes or what it could not flush."""
+        d = TimerService.stopService(self)
+        d.addCallback(lambda _: self.final_publish())
+        return d
+
+    def final_publish(self):
+        self._pending = None  # this snapshot supersedes one still in flight
+        self.publish()
+        d = self._pending
+        if d is None:
+            return None
+        from twisted.internet import reactor
+        return d.addTimeout(FINAL_PUBLISH_TIMEOUT, self.clock or reactor)
 
 
 class CorruptionLog:

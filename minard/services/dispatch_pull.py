@@ -201,8 +201,12 @@ class PullWorker(Service):
                 pass
             if self.in_flight is None and self.pending and self.retry_at:
                 yield task.deferLater(self.clock, 0.2, lambda: None)
+        self.stats.set("open_seconds", len(self.open))
+        self.stats.set("pending_flushes", len(self.pending))
         if self.pending:
             lost = sum(events for _, events, _ in self.pending)
+            self.stats.incr("dropped_seconds", len(self.pending))
+            self.stats.incr("dropped_events", lost)
             self.log.error("stopping with {n} unflushed seconds ({e} events) lost",
                            n=len(self.pending), e=lost)
 
