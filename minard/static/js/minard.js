@@ -177,8 +177,8 @@
     _window: function (start, stop, live) {
       var span = stop - start;
       var step = Math.max(1, Math.ceil(span / POINTS));
-      start = Math.floor(start / step) * step;
       stop = Math.ceil(stop / step) * step;
+      start = stop - Math.ceil(span / step) * step;
       return { start: start, stop: stop, step: step, live: live, span: span };
     },
     select: function () { return document.getElementById("tr-range"); },
@@ -278,6 +278,22 @@
     return { stroke: fg, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } };
   }
 
+  /* Time ticks in UTC, 24 h, one line: HH:MM:SS, HH:MM, MM-DD HH:MM or YYYY-MM-DD. */
+  function timeAxis() {
+    var a = axis();
+    a.size = 28;
+    a.values = function (u, ticks, space, incr) {
+      return ticks.map(function (t) {
+        var iso = new Date(t * 1000).toISOString();
+        if (incr < 60) { return iso.slice(11, 19); }
+        if (incr < 3600 * 6) { return iso.slice(11, 16); }
+        if (incr < 86400) { return iso.slice(5, 10) + " " + iso.slice(11, 16); }
+        return iso.slice(0, 10);
+      });
+    };
+    return a;
+  }
+
   /* A time-series chart. opts: {series: [{label, color}], height, onZoom(start, stop),
      yFormat(v), fill}. Returns {plot, setData(xs, ys...)}. Null values are gaps. */
   function chart(container, opts) {
@@ -289,8 +305,8 @@
                value: function (u, v) { return v === null || v === undefined ? "no data" : (opts.yFormat || fmtSI)(v); } };
     }));
     var yAxis = axis();
-    yAxis.size = 60;
-    yAxis.values = function (u, vals) { return vals.map(function (v) { return (opts.yFormat || fmtSI)(v); }); };
+    yAxis.size = 62;
+    yAxis.values = function (u, vals) { return vals.map(function (v) { return (opts.yAxisFormat || fmtSI)(v); }); };
     var height = opts.height || 120;
     var uopts = {
       width: Math.max(200, container.clientWidth || 400),
@@ -299,7 +315,7 @@
       legend: { show: opts.legend !== false, live: true },
       cursor: { drag: { x: !!opts.onZoom, y: false, setScale: false } },
       scales: { x: { time: true }, y: opts.yRange ? { range: opts.yRange } : { auto: true } },
-      axes: [axis(), yAxis],
+      axes: [timeAxis(), yAxis],
       series: series,
       hooks: {
         setSelect: [function (u) {

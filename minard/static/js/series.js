@@ -112,7 +112,7 @@
       self.setState("cannot load the history: " + err.message);
     }).then(function () {
       if (generation !== self.generation) { return; }
-      if (w.live && w.step > 1) {
+      if (w.live && (w.step > 1 || !self.opts.live)) {
         self.timer = setTimeout(function () { self.load(Minard.timeRange.current()); },
                                 Math.max(w.step, 5) * 1000);
       }
@@ -192,9 +192,8 @@
       c.setData([self.xs.slice(), ys]);
       var latest = null;
       for (var i = ys.length - 1; i >= 0 && i >= ys.length - 5; i--) { if (ys[i] !== null) { latest = ys[i]; break; } }
-      var any = ys.some(function (v) { return v !== null; });
       if (c.valueEl) {
-        Minard.text(c.valueEl, latest !== null ? c.fmt(latest) : (any ? "–" : "no data"));
+        Minard.text(c.valueEl, latest !== null ? c.fmt(latest) : "no data");
         c.valueEl.classList.toggle("nodata", latest === null);
       }
     });

@@ -1,0 +1,58 @@
+/* Graph: one /metric series over the chosen window, zoomable, with its histograms. */
+(function () {
+  "use strict";
+  var name = document.getElementById("graph").dataset.name;
+  var isRaw = ["gtid", "run", "subrun", "heartbeat", "l2-heartbeat", "L2:gtid", "L2:run"].indexOf(name) >= 0;
+  var fmt = isRaw ? Minard.fmtInt : Minard.fmtSI;
+  var chart = Minard.chart(document.getElementById("graph-chart"), {
+    series: [{ label: name }], height: 320, fill: true, yFormat: fmt,
+    onZoom: function (a, b) { Minard.timeRange.zoom(a, b); },
+    onZoomReset: function () { history.back(); }
+  });
+  var hist = Minard.histogram(document.getElementById("graph-hist"), { xFormat: fmt });
+  var histLog = Minard.histogram(document.getElementById("graph-hist-log"), { log: true, xFormat: fmt });
+  var summary = document.getElementById("graph-summary");
+  var latestEl = document.getElementById("graph-latest");
+  var timer = null, generation = 0;
+
+  function load(w) {
+    var mine = ++generation;
+    if (timer) { clearTimeout(timer); timer = null; }
+    Minard.getJSON("metric?" + Minard.query({ expr: name, start: w.start, stop: w.stop, step: w.step,
+                                             now: Minard.nowSeconds() })).then(function (answer) {
+      if (mine !== generation) { return; }
+      var xs = [], ys = (answer.values || []).map(function (v) {
+        if (v === null) { return null; }
+        var x = parseFloat(v);
+        return isFinite(x) ? x : null;
+      });
+      for (var t = w.start; t < w.stop; t += w.step) { xs.push(t); }
+      chart.setData([xs, ys]);
+      var present = ys.filter(function (v) { return v !== null; });
+      if (!present.length) {
+        Minard.text(summary, "missing data: nothing stored for " + name + " in this window");
+        summary.className = "message nodata";
+        Minard.text(latestEl, "no data");
+      } else {
+        var sum = present.reduce(function (a, b) { return a + b; }, 0);
+        Minard.text(summary, present.length + " of " + ys.length + " points (" + Minard.fmtInt(w.step) +
+                    " s each) · min " + fmt(Math.min.apply(null, present)) + " · mean " + fmt(sum / present.length) +
+                    " · max " + fmt(Math.max.apply(null, present)) + " · " + Minard.fmtTime(w.start) + " → " +
+                    Minard.fmtTime(w.stop) + " UTC");
+        summary.className = "hint";
+        Minard.text(latestEl, fmt(present[present.length - 1]));
+      }
+      hist.setValues(present, 50);
+      histLog.setValues(present, 50);
+    }).catch(function (err) {
+      Minard.text(summary, "cannot load " + name + ": " + err.message);
+      summary.className = "message bad-text";
+    }).then(function () {
+      if (mine === generation && w.live) {
+        timer = setTimeout(function () { load(Minard.timeRange.current()); }, Math.max(w.step, 5) * 1000);
+      }
+    });
+  }
+
+  Minard.timeRange.init(load);
+}());

@@ -1,0 +1,72 @@
+/* NHit: exact nhit histograms, 10 s from /stream, 60 s polled every 5 s. */
+(function () {
+  "use strict";
+  var MAX_BINS = 100;
+  var charts = {};
+  [10, 60].forEach(function (s) {
+    ["linear", "log"].forEach(function (scale) {
+      charts[s + scale] = Minard.histogram(document.getElementById("nhit-" + s + "-" + scale),
+                                           { log: scale === "log", height: 260, label: "events",
+                                             color: s === 10 ? Minard.PALETTE[0] : Minard.PALETTE[1],
+                                             xFormat: Minard.fmtInt });
+    });
+  });
+  var rangeSel = document.getElementById("nhit-range");
+  var latest = {};
+
+  function quantile(nhits, events, total, q) {
+    var target = q * total, acc = 0;
+    for (var i = 0; i < nhits.length; i++) { acc += events[i]; if (acc >= target) { return nhits[i]; } }
+    return nhits.length ? nhits[nhits.length - 1] : 0;
+  }
+
+  function draw(seconds, hist) {
+    latest[seconds] = hist;
+    var nhits = hist.nhit || [], events = hist.events || [];
+    var total = events.reduce(function (a, b) { return a + b; }, 0);
+    var info = document.getElementById("nhit-" + seconds + "-linear-info");
+    var infoLog = document.getElementById("nhit-" + seconds + "-log-info");
+    if (!total) {
+      ["linear", "log"].forEach(function (scale) { charts[seconds + scale].setBins([], []); });
+      Minard.text(info, "no events");
+      Minard.text(infoLog, "no events");
+      info.classList.add("nodata");
+      infoLog.classList.add("nodata");
+      return;
+    }
+    info.classList.remove("nodata");
+    infoLog.classList.remove("nodata");
+    var median = quantile(nhits, events, total, 0.5), q3 = quantile(nhits, events, total, 0.75);
+    var mean = nhits.reduce(function (a, n, i) { return a + n * events[i]; }, 0) / total;
+    var hi;
+    if (rangeSel.value === "auto") { hi = Math.max(median + 10 * Math.max(1, q3 - median), 10); }
+    else if (rangeSel.value === "all") { hi = nhits[nhits.length - 1] + 1; }
+    else { hi = parseInt(rangeSel.value, 10); }
+    var width = Math.max(1, Math.ceil(hi / MAX_BINS)), nbins = Math.ceil(hi / width);
+    var edges = [], counts = [];
+    for (var b = 0; b < nbins; b++) { edges.push(b * width); counts.push(0); }
+    var over = 0;
+    nhits.forEach(function (n, i) {
+      var k = Math.floor(n / width);
+      if (k < nbins) { counts[k] += events[i]; } else { over += events[i]; }
+    });
+    charts[seconds + "linear"].setBins(edges, counts);
+    charts[seconds + "log"].setBins(edges, counts);
+    var text = Minard.fmtSI(total) + " events · mean " + mean.toFixed(1) + " · median " + median +
+               (over ? " · " + Minard.fmtSI(over) + " above " + hi : "");
+    Minard.text(info, text);
+    Minard.text(infoLog, text);
+  }
+
+  Minard.stream.on(function (msg) { if (msg.nhit_hist) { draw(10, msg.nhit_hist); } });
+
+  function poll60() {
+    Minard.getJSON("query?name=nhit_hist&seconds=60").then(function (h) { draw(60, h); })
+      .catch(function (err) { Minard.text(document.getElementById("nhit-60-linear-info"), "error: " + err.message); })
+      .then(function () { setTimeout(poll60, 5000); });
+  }
+  poll60();
+  rangeSel.addEventListener("change", function () {
+    Object.keys(latest).forEach(function (s) { draw(parseInt(s, 10), latest[s]); });
+  });
+}());
