@@ -138,6 +138,19 @@ class StreamTests(SiteTestMixin, unittest.TestCase):
         self.assertIn("no pull-worker heartbeat", msg["stale"]["reason"])
         self.assertIsNone(msg["rates"]["TOTAL"])  # no data is not zero
         self.assertFalse(msg["present"])
+        # workers alive but no events: the rates are zero, and the page is stale (no events)
+        now = int(time.time())
+        for s in range(now - 3, now + 30):
+            self.sync.command("SET", "ts:1:%d:heartbeat" % s, "1")
+        count = len(p.messages)
+        yield wait_for(lambda: len(p.messages) > count + 1, timeout=10)
+        msg = p.messages[-1]
+        self.assertEqual(msg["rates"]["TOTAL"], 0.0)
+        self.assertTrue(msg["present"])
+        self.assertTrue(msg["stale"]["stale"])
+        self.assertFalse(msg["stale"]["severe"])
+        self.assertIn("no events", msg["stale"]["reason"])
+        self.assertNotIn("heartbeat", msg["stale"]["reason"])
 
     @defer.inlineCallbacks
     def test_new_alarms_are_pushed(self):

@@ -92,3 +92,30 @@ class IntTests(unittest.TestCase):
         for text in ["x", "1.0", "", "99999999999999999999"]:
             self.assertRaises(tp.BadRequest, tp.parse_int, text, "n")
         self.assertRaises(tp.BadRequest, tp.parse_int, "20", "crate", 0, 19)
+
+
+class ExpressionTests(unittest.TestCase):
+    """/metric expressions (minard.store.reads.parse_expressions)."""
+
+    def test_kinds(self):
+        from minard.store.reads import parse_expressions
+        kinds = {e.text: e.kind for e in parse_expressions(
+            "TOTAL,100L,MISS,TOTAL-nhit,PULGT-charge,gtid,heartbeat,L2:gtid,L1,foo,20-Baseline")}
+        self.assertEqual(kinds, {"TOTAL": "rate", "100L": "rate", "MISS": "rate",
+                                 "TOTAL-nhit": "mean", "PULGT-charge": "mean", "gtid": "raw",
+                                 "heartbeat": "raw", "L2:gtid": "raw", "L1": "rate",
+                                 "foo": "rate", "20-Baseline": "mean"})
+        for bad in ["", "X-nhit", "TOTAL-nhit-x", "TOTAL-volts", "a b", "a,,b", "<b>", "x" * 65]:
+            self.assertRaises(tp.BadRequest, parse_expressions, bad)
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.text(max_size=80))
+    def test_fuzz_only_bad_request(self, text):
+        from minard.store.reads import parse_expressions
+        try:
+            exprs = parse_expressions(text)
+        except tp.BadRequest:
+            return
+        for e in exprs:
+            self.assertIn(e.kind, ("rate", "mean", "raw"))
+            self.assertTrue(e.reads)

@@ -464,7 +464,9 @@ class Reads:
         ]
         trig, meta, totals, beats, hists = yield self.batch(groups)
         counts, nhits, charges = (_pairs(h) for h in trig)
-        present = bool(counts)
+        # A second with a pull-worker heartbeat but no trig hash had no events: rate 0.
+        # Without either there are no data for it (null), which is not the same as zero.
+        present = bool(counts) or beats[0] is not None
         rates = {}
         for name in ("TOTAL",) + TRIGGERS:
             c = _number(counts.get(field_of(name)))
