@@ -1006,7 +1006,7 @@ def _local_main(args):
     if system.process.poll() is not None and not stop_signals:
         print("supervisord has stopped (scripts/run-local stop?); done.")
         return 0
-    print("\nstopping (nginx, the push side, the workers, then Redis) ...")
+    print("\nstopping (nginx, then every role, then Redis) ...")
     system.stop()
     print("minard stopped.")
     return 0
