@@ -1,0 +1,519 @@
+"""Fault injection with real processes and a real Redis (SPEC §7, issue 7 part 2).
+
+A ControlHost dispatcher written here (tests.test_pipeline's) feeds
+`twistd minard --role=dispatch-push`, N x `--role=dispatch-pull` write a private
+redis-server; the test then restarts Redis, freezes it, kills and restarts the dispatcher,
+kills pull workers, and compares what is stored, second by second, with what was sent.
+
+Events are only sent in the middle half of each wall-clock second (fraction 0.25-0.75), so
+the second the push side stamps on a batch is the second the test counted it in: every
+second can be compared exactly, and a loss can be pinned to the seconds it happened in.
+
+What the design allows to be lost (and nothing else may be):
+* Redis restarted (with its data saved on shutdown), or frozen for longer than the reply
+  timeout: nothing. The workers keep their flushes queued and retry; a flush id makes a
+  retried flush that Redis had already applied harmless (so nothing is counted twice).
+* The dispatcher dying in the middle of a frame: that incomplete frame (it was never
+  received), counted by the push as `partial_frames_dropped`.
+* A size field that lies (corrupt stream): the push counts it and drops the connection;
+  what the dispatcher had queued behind the lie on that connection is gone with it.
+* A pull worker given SIGTERM: nothing (its open seconds are flushed before it exits).
+* A pull worker killed with SIGKILL: at most what it held - its open seconds and the
+  messages queued to it - so only the seconds from ~2.5 s before to 0.5 s after the kill
+  may be short; every other second is exact, counted by the surviving workers.
+"""
+import os
+import random
+import signal
+import socket
+import struct
+import time
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from tests.support import RedisServer, RoleProcess, SyncRedis, free_port, wait_for
+from tests.test_aggregate_events import random_events
+from tests.test_pipeline import TestDispatcherFactory, frame
+from tests.test_wire_sno import hand_built
+
+#: Events are sent only while time.time() % 1 is in this window.
+SEND_WINDOW = (0.25, 0.75)
+#: The feeder writes every TICK seconds; events per second = PER_TICK / TICK * 0.5.
+TICK = 0.01
+PER_TICK = 30
+PREFIX = 12  # caspur framing
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class EventPool:
+    """A few hundred random events as ready frames, with their nhit and charge."""
+
+    def __init__(self, seed, size=300):
+        rng = random.Random(seed)
+        events = random_events(rng, size)
+        self.frames = [frame(PREFIX, b"RAWDATA", hand_built(*e)) for e in events]
+        self.nhit = [len(e[4]) for e in events]
+        self.charge = [sum(h[3] for h in e[4]) for e in events]
+        self.position = 0
+
+    def take(self, n):
+        """(bytes, nhit sum, charge sum) of the next n events."""
+        size = len(self.frames)
+        idx = [(self.position + i) % size for i in range(n)]
+        self.position = (self.position + n) % size
+        return (b"".join(self.frames[i] for i in idx), sum(self.nhit[i] for i in idx),
+                sum(self.charge[i] for i in idx))
+
+
+class Feeder:
+    """Streams events to the dispatcher's current connection in the middle of each second
+    and remembers, per second, how many events (and their nhit and charge) went out."""
+
+    def __init__(self, factory, pool):
+        self.factory = factory
+        self.pool = pool
+        self.sent = {}       # second -> [events, nhit, charge]
+        self.times = []      # (time, events) of every write
+        self.loop = None
+
+    def start(self):
+        self.loop = task.LoopingCall(self.tick)
+        self.loop.start(TICK)
+
+    def stop(self):
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        self.loop = None
+
+    def tick(self):
+        now = time.time()
+        if not SEND_WINDOW[0] <= now % 1 < SEND_WINDOW[1] or not self.factory.connections:
+            return
+        self.send(PER_TICK, now)
+
+    def send(self, n, now=None):
+        now = time.time() if now is None else now
+        data, nhit, charge = self.pool.take(n)
+        self.factory.connections[0].transport.write(data)
+        row = self.sent.setdefault(int(now), [0, 0, 0])
+        row[0] += n
+        row[1] += nhit
+        row[2] += charge
+        self.times.append((now, n))
+
+    def total(self):
+        return sum(row[0] for row in self.sent.values())
+
+    def sent_between(self, start, stop):
+        return sum(n for t, n in self.times if start <= t <= stop)
+
+    @defer.inlineCallbacks
+    def run(self, seconds):
+        self.start()
+        yield sleep(seconds)
+        self.stop()
+
+
+@defer.inlineCallbacks
+def until_fraction(fraction):
+    """Wait until time.time() % 1 == fraction (the next time it comes)."""
+    now = time.time()
+    delay = (fraction - now % 1) % 1
+    yield sleep(delay)
+
+
+class FaultTestCase(unittest.TestCase):
+    """A private Redis, a test dispatcher, push and pull processes, per-second checks."""
+
+    timeout = 120
+    seed = 1
+
+    def setUp(self):
+        self.redis = RedisServer().start()
+        self.addCleanup(self._cleanup_redis)
+        self.sync = SyncRedis(self.redis.port)
+        self.processes = []
+        self.addCleanup(self._stop_processes)
+        self.factory = TestDispatcherFactory(PREFIX)
+        self.dispatcher_port = free_port()
+        self.zmq = "tcp://127.0.0.1:%d" % free_port()
+        self.listening = reactor.listenTCP(self.dispatcher_port, self.factory,
+                                           interface="127.0.0.1")
+        self.addCleanup(self._stop_listening)
+        self.pool = EventPool(self.seed)
+        self.feeder = Feeder(self.factory, self.pool)
+        self.addCleanup(self.feeder.stop)
+
+    def _cleanup_redis(self):
+        if self.redis.process is not None and self.redis.process.poll() is None:
+            self.redis.resume()
+        self.redis.cleanup()
+
+    def _stop_processes(self):
+        for p in self.processes:
+            p.stop()
+
+    def _stop_listening(self):
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            for connection in list(self.factory.connections):
+                connection.transport.abortConnection()
+            return listening.stopListening()
+
+    def spawn(self, role, *args):
+        p = RoleProcess(role, "--redis", self.redis.url, *args).start()
+        self.processes.append(p)
+        return p
+
+    def handshakes(self):
+        return [c for c in self.factory.connections if len(c.handshake_done()) >= 3]
+
+    @defer.inlineCallbacks
+    def start_pipeline(self, workers):
+        """Start N pull workers and a push; wait until all are up and connected."""
+        self.pulls = [self.spawn("dispatch-pull", "--zmq", self.zmq, "--name", "pull-%d" % i)
+                      for i in range(workers)]
+        self.push = self.spawn("dispatch-push", "--host", "127.0.0.1",
+                               "--port", str(self.dispatcher_port), "--zmq", self.zmq)
+        yield wait_for(lambda: self.handshakes(), timeout=30)
+        yield wait_for(lambda: all(self.sync.command("EXISTS", "minard:stats:pull-%d" % i)
+                                   for i in range(workers)), timeout=30)
+        yield sleep(0.5)  # the PULL sockets have connected to the PUSH socket
+
+    # -- reading what was stored ---------------------------------------------------------
+
+    def stored(self, seconds):
+        """second -> [TOTAL, Σ nhit, Σ charge] as stored in the 1-s buckets."""
+        out = {}
+        for s in seconds:
+            out[s] = [int(self.sync.command("HGET", "ts:1:%d:%s" % (s, suffix), "TOTAL") or 0)
+                      for suffix in ("trig", "trig:nhit", "trig:charge")]
+        return out
+
+    def stored_total(self):
+        total = 0
+        for key in self.sync.command("KEYS", "ts:1:*:trig"):
+            total += int(self.sync.command("HGET", key, "TOTAL") or 0)
+        return total
+
+    def stats(self, process):
+        return {k: float(v) for k, v in self.sync.hgetall("minard:stats:" + process).items()}
+
+    def pull_stats(self, key):
+        return sum(self.stats("pull-%d" % i).get(key, 0) for i in range(len(self.pulls)))
+
+    @defer.inlineCallbacks
+    def settle(self, expected_total, timeout=20):
+        """Wait until the stored total reaches expected_total, then a little longer (a
+        double count would show up), and return the stored per-second rows (the caller's
+        comparison says what is missing if it never does)."""
+        try:
+            yield wait_for(lambda: self.stored_total() >= expected_total, timeout=timeout)
+        except AssertionError:
+            pass
+        yield sleep(2.0)
+        return self.stored(sorted(self.feeder.sent))
+
+    def assert_exact(self, stored, seconds=None):
+        seconds = sorted(self.feeder.sent) if seconds is None else seconds
+        for s in seconds:
+            self.assertEqual(stored[s], self.feeder.sent[s], "second %d" % s)
+        self.assertEqual(self.stored_total(), self.feeder.total())
+
+    def assert_alive(self, *processes):
+        for p in processes or self.processes:
+            self.assertTrue(p.alive(), p.log()[-3000:])
+
+
+class RedisFaultTests(FaultTestCase):
+    """Redis going away and coming back: nothing is lost, nothing is counted twice."""
+
+    timeout = 150
+
+    @defer.inlineCallbacks
+    def test_redis_restarted_with_its_data(self):
+        """Redis shut down with SHUTDOWN SAVE (as supervisord stopping a persistent
+        Redis), down for 3 s while events keep coming, started again on the same port."""
+        yield self.start_pipeline(2)
+        yield self.feeder.run(2.0)
+        yield until_fraction(0.8)
+        try:
+            self.sync.command("SHUTDOWN", "SAVE")
+        except (RuntimeError, OSError):
+            pass  # the server closes the connection instead of answering
+        self.redis.process.wait(10)
+        self.redis.process = None
+        self.assertTrue(os.path.exists(os.path.join(self.redis.directory, "dump.rdb")))
+        down_since = time.time()
+        yield self.feeder.run(3.0)   # events keep coming while Redis is away
+        self.redis.start()           # same port, same directory: loads dump.rdb
+        down_for = time.time() - down_since
+        yield self.feeder.run(2.0)
+        stored = yield self.settle(self.feeder.total())
+        self.assert_exact(stored)
+        self.assert_alive()
+        # the outage was seen, and nothing was dropped
+        # nothing was dropped (the flushes waited in the connection's queue and in the
+        # workers' bounded pending queue; with nothing lost there is nothing to count)
+        self.assertEqual(self.pull_stats("dropped_events"), 0)
+        self.assertEqual(self.pull_stats("flushed_events"), self.feeder.total())
+        self.assertEqual(self.stats("dispatch-push").get("dropped_records", 0), 0)
+        self.assertGreater(down_for, 2.5)
+
+    @defer.inlineCallbacks
+    def test_redis_killed_and_restarted_empty(self):
+        """Redis killed (SIGKILL, no persistence) and started again empty: what it held is
+        gone (that is Redis's loss), but every second the workers had not yet flushed,
+        and everything after, arrives exactly once in the new Redis."""
+        yield self.start_pipeline(2)
+        yield self.feeder.run(2.5)
+        yield until_fraction(0.8)
+        killed_in = int(time.time())
+        self.redis.process.kill()
+        self.redis.process.wait()
+        self.redis.process = None
+        yield self.feeder.run(2.0)
+        self.redis.start()
+        yield self.feeder.run(2.0)
+        after = [s for s in self.feeder.sent if s >= killed_in]
+        expected = sum(self.feeder.sent[s][0] for s in after)
+        yield wait_for(lambda: sum(row[0] for row in self.stored(after).values()) >= expected,
+                       timeout=20)
+        yield sleep(2.0)
+        stored = self.stored(sorted(self.feeder.sent))
+        for s in sorted(self.feeder.sent):
+            if s >= killed_in:      # open in the workers' memory at the kill, or later
+                self.assertEqual(stored[s], self.feeder.sent[s], "second %d" % s)
+            elif s < killed_in - 1:  # flushed to the Redis that died
+                self.assertEqual(stored[s], [0, 0, 0], "second %d" % s)
+            else:                   # flushed at about the moment of the kill
+                self.assertIn(stored[s][0], (0, self.feeder.sent[s][0]), "second %d" % s)
+        self.assert_alive()
+        self.assertEqual(self.pull_stats("dropped_events"), 0)
+
+    @defer.inlineCallbacks
+    def test_network_to_redis_stalled(self):
+        """Redis frozen (SIGSTOP) for 15 s, longer than the 10-s reply timeout: the
+        flushes in flight time out (counted), are retried, and nothing is lost or doubled
+        even if Redis applies a timed-out flush once it wakes up."""
+        yield self.start_pipeline(2)
+        yield self.feeder.run(2.0)
+        yield until_fraction(0.8)
+        self.redis.pause()
+        try:
+            yield self.feeder.run(15.0)
+        finally:
+            self.redis.resume()
+        yield self.feeder.run(2.0)
+        stored = yield self.settle(self.feeder.total(), timeout=60)
+        self.assert_exact(stored)
+        self.assert_alive()
+        yield wait_for(lambda: self.pull_stats("flush_errors") >= 1, timeout=10)
+        self.assertEqual(self.pull_stats("dropped_events"), 0)
+        self.assertEqual(self.pull_stats("flushed_events"), self.feeder.total())
+        self.assertEqual(self.stats("dispatch-push").get("dropped_records", 0), 0)
+
+
+class DispatcherFaultTests(FaultTestCase):
+
+    @defer.inlineCallbacks
+    def test_dispatcher_dies_mid_frame_then_lies_about_a_size(self):
+        yield self.start_pipeline(2)
+        first = self.factory.connections[0]
+        yield self.feeder.run(1.5)
+        # the dispatcher process dies in the middle of a frame
+        data, _, _ = self.pool.take(1)
+        first.transport.write(data[:len(data) // 2])
+        yield sleep(0.2)
+        yield self._stop_listening()
+        yield sleep(1.5)
+        self.listening = reactor.listenTCP(self.dispatcher_port, self.factory,
+                                           interface="127.0.0.1")
+        yield wait_for(lambda: self.handshakes(), timeout=30)
+        again = self.factory.connections[0]
+        self.assertIsNot(again, first)
+        self.assertEqual([t for t, _ in again.handshake_done()],
+                         [b"Subscrib", b"Always", b"MyId"])
+        self.assertEqual(again.handshake_done()[0][1], b"w RAWDATA w RECHDR")
+        yield self.feeder.run(1.5)
+        # a size field that lies: the push drops this connection and reconnects
+        yield until_fraction(0.3)
+        self.feeder.send(10)
+        behind, _, _ = self.pool.take(5)  # queued behind the lie: lost with the connection
+        again.transport.write(b"RAWDATA\x00" + struct.pack(">i", -5) + behind)
+        yield wait_for(lambda: again not in self.factory.connections, timeout=10)
+        yield wait_for(lambda: self.handshakes(), timeout=30)
+        yield self.feeder.run(1.5)
+        stored = yield self.settle(self.feeder.total())
+        self.assert_exact(stored)
+        self.assert_alive()
+        push = self.stats("dispatch-push")
+        self.assertEqual(push["records"], self.feeder.total())
+        self.assertEqual(push["connections"], 3)
+        self.assertEqual(push["connected"], 1)
+        self.assertEqual(push["corrupt_stream"], 1)
+        self.assertEqual(push["corrupt_streams_dropped"], 1)
+        self.assertEqual(push.get("partial_frames_dropped"), 1)
+        self.assertEqual(self.sync.command("GET", "dispatcher"), "127.0.0.1")
+
+
+class WorkerFaultTests(FaultTestCase):
+
+    @defer.inlineCallbacks
+    def test_sigterm_worker_loses_nothing(self):
+        yield self.start_pipeline(3)
+        yield until_fraction(0.1)
+        self.feeder.start()
+        yield sleep(2.4)            # SIGTERM at fraction ~0.5, in the middle of sending
+        self.pulls[0].signal(signal.SIGTERM)
+        yield wait_for(lambda: not self.pulls[0].alive(), timeout=15)
+        yield sleep(2.0)
+        self.feeder.stop()
+        stored = yield self.settle(self.feeder.total())
+        self.assert_exact(stored)
+        self.assert_alive(self.push, *self.pulls[1:])
+        self.assertIn(self.pulls[0].process.returncode, (0, -signal.SIGTERM),
+                      self.pulls[0].log()[-3000:])
+        self.assertNotIn("unflushed", self.pulls[0].log())
+        # its last stats snapshot is taken after its last flush: the counters add up
+        self.assertEqual(self.pull_stats("flushed_events"), self.feeder.total())
+        self.assertEqual(self.pull_stats("dropped_events"), 0)
+        self.assertEqual(self.stats("pull-0")["open_seconds"], 0)
+
+    @defer.inlineCallbacks
+    def test_sigkill_worker_loses_at_most_what_it_held(self):
+        yield self.start_pipeline(3)
+        yield until_fraction(0.1)
+        self.feeder.start()
+        yield sleep(3.4)
+        killed_at = time.time()
+        self.pulls[0].process.kill()
+        self.pulls[0].process.wait()
+        yield sleep(3.0)
+        self.feeder.stop()
+        sent = self.feeder.total()
+        # everything the survivors can count: wait until it stops growing
+        yield wait_for(lambda: self.stored(sorted(self.feeder.sent))[max(self.feeder.sent)]
+                       == self.feeder.sent[max(self.feeder.sent)], timeout=30)
+        yield sleep(2.0)
+        stored = self.stored(sorted(self.feeder.sent))
+        lost = sent - self.stored_total()
+        held = [s for s in self.feeder.sent if killed_at - 2.5 < s + 1 and s <= killed_at + 0.5]
+        for s in self.feeder.sent:
+            if s in held:
+                self.assertLessEqual(stored[s][0], self.feeder.sent[s][0], "second %d" % s)
+            else:
+                self.assertEqual(stored[s], self.feeder.sent[s], "second %d" % s)
+        bound = self.feeder.sent_between(killed_at - 2.5, killed_at + 0.5)
+        self.assertGreaterEqual(lost, 0)
+        self.assertLessEqual(lost, bound)
+        self.assertLess(bound, sent / 2)  # the bound is not everything
+        self.assert_alive(self.push, *self.pulls[1:])
+        # what the stats say: the push forwarded everything; the survivors flushed all they
+        # received; the dead worker's last report is frozen and the gap between what the
+        # push sent and what the workers flushed is at least the loss.
+        push = self.stats("dispatch-push")
+        self.assertEqual(push["records"], sent)
+        self.assertEqual(push.get("dropped_records", 0), 0)
+        survivors = sum(self.stats("pull-%d" % i)["flushed_events"] for i in (1, 2))
+        dead = self.stats("pull-0")
+        self.assertLess(dead["updated"], killed_at + 0.1)
+        self.assertGreaterEqual(sent - survivors - dead.get("flushed_events", 0), lost)
+        self.assertLessEqual(survivors + dead.get("flushed_events", 0), self.stored_total())
+
+
+class DataServerFaultTests(unittest.TestCase):
+    """The data server restarted (dying in the middle of a record), then lying about a
+    length: data-producer reconnects, resubscribes, and every record received intact
+    reaches the base-current sums exactly once."""
+
+    timeout = 90
+    CRATE = 7
+
+    def setUp(self):
+        from tests.test_datastream_pipeline import TestServerFactory
+        self.redis = RedisServer().start()
+        self.addCleanup(self.redis.cleanup)
+        self.sync = SyncRedis(self.redis.port)
+        self.factory = TestServerFactory()
+        self.port = free_port()
+        self.listening = reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
+        self.addCleanup(self._stop_listening)
+        self.processes = []
+        self.addCleanup(lambda: [p.stop() for p in self.processes])
+        self.sent = 0
+
+    def _stop_listening(self):
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            for client in list(self.factory.clients):
+                client.transport.abortConnection()
+            return listening.stopListening()
+
+    def record(self, step):
+        from tests.test_datastream_pipeline import FULL, base_record
+        return base_record(self.CRATE, 0xFFFF, FULL, [(127 + step) % 256] * 512)
+
+    def send(self, n):
+        self.factory.send(b"".join(self.record(self.sent + i) for i in range(n)))
+        self.sent += n
+
+    def samples(self):
+        """Base-current samples stored per channel of the crate (all must agree)."""
+        counts = {}
+        for key in self.sync.command("KEYS", "ts:86400:*:base:len"):
+            for field, value in self.sync.hgetall(key).items():
+                counts[int(field)] = counts.get(int(field), 0) + int(value)
+        values = set(counts.get(self.CRATE << 9 | i, 0) for i in range(512))
+        return values.pop() if len(values) == 1 else sorted(values)
+
+    def subscribed(self, n):
+        return len(self.factory.subscriptions) >= n and self.factory.clients
+
+    @defer.inlineCallbacks
+    def test_data_server_restart_mid_record_then_oversize_length(self):
+        base_zmq = "tcp://127.0.0.1:%d" % free_port()
+        producer = RoleProcess("data-producer", "--redis", self.redis.url, "--port",
+                               str(self.port), "--cmos-zmq",
+                               "tcp://127.0.0.1:%d" % free_port(), "--base-zmq",
+                               base_zmq).start()
+        consumer = RoleProcess("data-consumer", "--redis", self.redis.url,
+                               "--zmq", base_zmq).start()
+        self.processes += [producer, consumer]
+        yield wait_for(lambda: self.subscribed(1), timeout=30)
+        yield wait_for(lambda: self.sync.command("KEYS", "minard:stats:data-consumer*"),
+                       timeout=30)
+        yield sleep(0.5)
+        self.send(20)
+        yield wait_for(lambda: self.samples() == 20, timeout=15)
+        # the data server dies in the middle of a record
+        half = self.record(0)
+        self.factory.send(half[:len(half) // 2])
+        yield sleep(0.2)
+        yield self._stop_listening()
+        yield sleep(1.5)
+        self.listening = reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
+        yield wait_for(lambda: self.subscribed(2), timeout=30)
+        self.assertEqual(self.factory.subscriptions[1], b"CMOSBASE")
+        self.send(15)
+        # a length that lies, right behind 5 good records: those 5 are kept
+        client = self.factory.clients[0]
+        self.send(5)
+        client.transport.write(struct.pack(">III", 0x42415345, 10 ** 9, 0) + b"junk")
+        yield wait_for(lambda: client not in self.factory.clients, timeout=10)
+        yield wait_for(lambda: self.subscribed(3), timeout=30)
+        self.send(10)
+        yield wait_for(lambda: self.samples() == self.sent, timeout=20)
+        yield sleep(2.0)
+        self.assertEqual(self.samples(), self.sent)   # once each, nothing more
+        stats = {k: float(v) for k, v in
+                 self.sync.hgetall("minard:stats:data-producer").items()}
+        self.assertEqual(stats["records_base"], self.sent)
+        self.assertEqual(stats["corrupt_stream"], 1)
+        self.assertEqual(stats.get("dropped_records", 0), 0)
+        for p in self.processes:
+            self.assertTrue(p.alive(), p.log()[-3000:])
