@@ -56,6 +56,7 @@ class ServiceTests(RedisTestMixin, unittest.TestCase):
         service.startService()
         self.addCleanup(service.redis.disconnect)
         self.addCleanup(service.stopService)
+        self.addCleanup(service.redis.ping)  # runs first: never disconnect mid-SELECT
         return service
 
     @defer.inlineCallbacks

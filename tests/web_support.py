@@ -42,6 +42,8 @@ class SiteTestMixin(RedisTestMixin):
         self.addCleanup(self.site.hub.close_all)
         self.base = "http://127.0.0.1:%d/" % self.port.getHost().port
         self.pool = HTTPConnectionPool(reactor, persistent=False)
+        # be connected (SELECT done) before any test can end and disconnect
+        return self.redis.ping()
 
     @defer.inlineCallbacks
     def get(self, path, redirects=False):
