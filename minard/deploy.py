@@ -985,8 +985,10 @@ def _local_main(args):
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, on_signal)
-    print("starting Redis, nginx, supervisord and every minard role in %s ..." % directory)
     try:
+        if system.supervisord_pid() is None:
+            system.check_ports()  # before saying anything about starting
+        print("starting Redis, nginx, supervisord and every minard role in %s ..." % directory)
         system.start()
         system.wait_live(args.timeout, should_stop=lambda: bool(stop_signals))
     except (DeployError, KeyboardInterrupt) as e:
