@@ -273,16 +273,23 @@
 
   function cssVar(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
 
+  /* Charts scale with the root font size (which grows with the viewport: wall screens). */
+  function remPx() { return parseFloat(getComputedStyle(document.documentElement).fontSize) || 16; }
+  function scaled(px) { return Math.round(px * remPx() / 16); }
+
   function axis() {
     var fg = cssVar("--muted") || "#8a98a8", line = cssVar("--line") || "#2c3845";
-    return { stroke: fg, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } };
+    var font = scaled(12) + "px system-ui, sans-serif";
+    return { stroke: fg, font: font, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 },
+             space: scaled(50) };
   }
 
   /* Time ticks in UTC, 24 h, one line: HH:MM:SS, HH:MM, MM-DD HH:MM or YYYY-MM-DD. */
   function timeAxis() {
     var a = axis();
-    a.size = 28;
-    a.values = function (u, ticks, space, incr) {
+    a.size = scaled(30);
+    a.space = scaled(70);
+    a.values = function (u, ticks, axisIdx, space, incr) {
       return ticks.map(function (t) {
         var iso = new Date(t * 1000).toISOString();
         if (incr < 60) { return iso.slice(11, 19); }
@@ -305,9 +312,9 @@
                value: function (u, v) { return v === null || v === undefined ? "no data" : (opts.yFormat || fmtSI)(v); } };
     }));
     var yAxis = axis();
-    yAxis.size = 62;
+    yAxis.size = scaled(62);
     yAxis.values = function (u, vals) { return vals.map(function (v) { return (opts.yAxisFormat || fmtSI)(v); }); };
-    var height = opts.height || 120;
+    var height = scaled(opts.height || 120);
     var uopts = {
       width: Math.max(200, container.clientWidth || 400),
       height: height,
@@ -353,9 +360,9 @@
   /* Histogram of values (equal bins) as uPlot bars; log=true for a log y axis. */
   function histogram(container, opts) {
     var color = opts.color || PALETTE[0];
-    var height = opts.height || 160;
+    var height = scaled(opts.height || 160);
     var yAxis = axis();
-    yAxis.size = 55;
+    yAxis.size = scaled(55);
     yAxis.values = function (u, vals) { return vals.map(function (v) { return fmtSI(v); }); };
     var xAxis = axis();
     xAxis.values = function (u, vals) { return vals.map(function (v) { return (opts.xFormat || fmtSI)(v); }); };
