@@ -309,7 +309,10 @@
       return { label: s.label, stroke: color, width: 1.5, spanGaps: false,
                fill: opts.fill ? color + "22" : undefined,
                points: { show: false },
-               value: function (u, v) { return v === null || v === undefined ? "no data" : (opts.yFormat || fmtSI)(v); } };
+               value: function (u, v, sidx, idx) {
+                 if (idx === null || idx === undefined) { return "–"; }
+                 return v === null || v === undefined ? "no data" : (opts.yFormat || fmtSI)(v);
+               } };
     }));
     var yAxis = axis();
     yAxis.size = scaled(62);
@@ -401,7 +404,11 @@
     var xs = values.filter(function (v) { return v !== null && v !== undefined && isFinite(v); });
     if (!xs.length) { return { edges: [], counts: [], n: 0 }; }
     var lo = Math.min.apply(null, xs), hi = Math.max.apply(null, xs);
-    if (hi === lo) { hi = lo + 1; }
+    var integers = xs.every(function (v) { return v === Math.round(v); });
+    if (integers && hi - lo + 1 <= nbins) { // whole numbers: one bin per value
+      nbins = hi - lo + 1;
+      hi = lo + nbins;
+    } else if (hi === lo) { hi = lo + 1; }
     var width = (hi - lo) / nbins, edges = [], counts = [];
     for (var i = 0; i < nbins; i++) { edges.push(lo + i * width); counts.push(0); }
     xs.forEach(function (v) { counts[Math.min(nbins - 1, Math.floor((v - lo) / width))] += 1; });
