@@ -106,6 +106,18 @@ class PullLink(ZmqConnection):
         if self._more is None or not self._more.active():
             self._more = self._reactor.callLater(0, self.doRead)
 
+    def drain(self, limit=100000):
+        """Read everything already queued (at most `limit` messages), at once."""
+        sock = self.socket
+        for _ in range(limit):
+            if self.factory is None:
+                return
+            try:
+                frames = sock.recv_multipart(constants.NOBLOCK)
+            except error.Again:
+                return
+            self.on_message(frames)
+
     def kick(self):
         """Read whatever is queued (the descriptor may not have told us)."""
         if self.factory is not None:

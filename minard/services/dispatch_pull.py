@@ -184,7 +184,7 @@ class PullWorker(Service):
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         if self.link is not None:
-            self.link.kick()   # take in what already arrived
+            self.link.drain()  # take in everything that already arrived
             self.link.shutdown()
             self.link = None
         for second in sorted(self.open):
