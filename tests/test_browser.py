@@ -186,14 +186,19 @@ class BrowserTests(unittest.TestCase):
         self.assertTrue(25 <= latest <= 35, latest)
         self.assertIn("of 900 points", page.locator("#graph-summary").inner_text())
         self.finish(page, problems, "graph")
-        # zoom by dragging on the chart: the window goes in the URL
+        # zoom by dragging on the chart: the window goes in the URL (the last 15 min of
+        # the hour, where the seeded 1-s buckets are)
         box = page.locator("#graph-chart .u-over").bounding_box()
-        page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + 20)
+        page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + 20)
         page.mouse.down()
-        page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + 20, steps=5)
+        page.mouse.move(box["x"] + box["width"] * 0.95, box["y"] + 20, steps=5)
         page.mouse.up()
         page.wait_for_url("**start=*")
-        self.wait(page, "document.querySelector('#graph-summary').textContent.includes('points')")
+        try:
+            self.wait(page, "document.querySelector('#graph-summary').textContent"
+                            ".includes('points (1 s each)')")
+        finally:
+            self.shot(page, "graph-zoomed")
         self.assertEqual(problems, [])
 
     def test_nhit(self):
