@@ -55,6 +55,14 @@ REDIS_ERRORS = (txredisapi.ConnectionError, txredisapi.TimeoutError, ConnectionD
                 ConnectionLost, TimeoutError)
 
 
+class StaticFiles(File):
+    """The static directory, without directory listings at any depth (subdirectories are
+    made with createSimilarFile, i.e. of this class)."""
+
+    def directoryListing(self):
+        return NoResource("no directory listing")
+
+
 def secure(request):
     for name, value in SECURITY_HEADERS.items():
         request.setHeader(name, value)
@@ -156,11 +164,10 @@ class Site:
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
             undefined=jinja2.StrictUndefined)
-        self.static = File(STATIC)
+        self.static = StaticFiles(STATIC)
         self.static.contentTypes.update({
             ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
             ".svg": "image/svg+xml", ".json": "application/json"})
-        self.static.directoryListing = lambda: NoResource("no directory listing")
 
     def resource(self):
         return self.app.resource()
