@@ -117,6 +117,21 @@ class LoopbackTests(unittest.TestCase):
         # data-consumer --port N pulls from tcp://127.0.0.1:N
         self.assertIn("127.0.0.1", dict((o[0], o[3]) for o in tap.ROLES["data-consumer"])["port"])
 
+    def test_socket_reader_sees_wildcard_binds(self):
+        """listening() is not vacuous: it reports a wildcard and an IPv6 bind as such."""
+        wildcard = socket.socket()
+        self.addCleanup(wildcard.close)
+        wildcard.bind(("0.0.0.0", 0))
+        wildcard.listen(1)
+        six = socket.socket(socket.AF_INET6)
+        self.addCleanup(six.close)
+        six.bind(("::1", 0))
+        six.listen(1)
+        bound = listening(os.getpid())
+        self.assertIn(("0.0.0.0", wildcard.getsockname()[1]), bound)
+        self.assertIn(("::1", six.getsockname()[1]), bound)
+        self.assertFalse(is_loopback("0.0.0.0"))
+
     def test_production_configuration_is_loopback(self):
         """etc/minard.ini: every ZeroMQ endpoint, Redis URL and listener of the internal
         processes is on loopback. (The log server's 8081 is public by design: the DAQ
