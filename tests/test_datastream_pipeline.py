@@ -9,6 +9,7 @@ from twisted.trial import unittest
 
 from minard import constants as C
 from minard.store import finalise
+from minard.store.datastream import decode_slot_state
 from tests.support import RedisTestMixin, RoleProcess, free_port, wait_for
 
 FULL = [0xFFFFFFFF] * 16
@@ -91,9 +92,13 @@ class DataStreamPipelineTests(RedisTestMixin, unittest.TestCase):
             self.spawn("data-consumer", "--zmq", self.cmos_zmq)
         self.spawn("data-consumer", "--zmq", self.base_zmq)
 
-    def stamp(self, crate, field):
-        value = self.sync.command("HGET", "cmos:timestamp:%d" % crate, str(field))
-        return int(value) if value else None
+    def stamp(self, crate, channel):
+        """The receipt time (ns) stored with a channel's last count, or None."""
+        value = self.sync.command("HGET", "cmos:state:%d" % crate, str(channel >> 5 & 15))
+        if not value:
+            return None
+        _, times = decode_slot_state(value.encode("utf-8", "surrogateescape"))
+        return int(times[channel & 31]) or None
 
     @defer.inlineCallbacks
     def test_independent_server_exact_values(self):

@@ -46,6 +46,8 @@ MAX_PENDING_BUCKETS = 180
 MAX_QUEUED_RECORDS = 20000
 #: CMOS records per state-script call at most (keeps each script call short).
 CMOS_BATCH = 64
+#: State-script calls outstanding at once.
+CMOS_IN_FLIGHT = 2
 #: After a failed Redis call, wait this long before the next attempt (s).
 RETRY_DELAY = 1.0
 #: Receipt stamps further than this from the local clock are corrupt (s).
@@ -53,8 +55,35 @@ MAX_CLOCK_SKEW = 86400
 #: On SIGTERM, wait at most this long for the last writes (s).
 STOP_TIMEOUT = 8.0
 
+#: Flow control: stop reading ZeroMQ when this many CMOS records wait for the state
+#: script, resume below RESUME_QUEUE. ZeroMQ's high-water marks then push back to the
+#: producer, which drops and counts (SPEC §2.5) instead of this worker growing.
+PAUSE_QUEUE = 1000
+RESUME_QUEUE = 200
+
 NAMES = {C.RECORD_CMOS: "cmos", C.RECORD_BASE: "base"}
 PORT_KINDS = {5557: ("cmos",), 5558: ("base",)}
+
+
+class PausablePullLink(zmqlink.PullLink):
+    """A PullLink that can stop reading for a while (the worker is behind)."""
+
+    paused = False
+
+    def pause(self):
+        if not self.paused and self.factory is not None:
+            self.paused = True
+            self.factory.reactor.removeReader(self)
+
+    def resume(self):
+        if self.paused and self.factory is not None:
+            self.paused = False
+            self.factory.reactor.addReader(self)
+            self.doRead()  # the descriptor is edge-triggered: read what is already queued
+
+    def doRead(self):
+        if not self.paused:
+            zmqlink.PullLink.doRead(self)
 
 
 class ChannelSums:
@@ -120,11 +149,11 @@ class DataConsumer(Service):
         self.finaliser = Finaliser(redis)
         self.stats = stats
         self.clock = clock
-        self.link_factory = link_factory or zmqlink.PullLink
+        self.link_factory = link_factory or PausablePullLink
         self.corruption = CorruptionLog(stats, clock=clock.seconds)
         self.sums = {"cmos": ChannelSums(), "base": ChannelSums()}
         self.queue = collections.deque()   # CMOS records waiting for the state script
-        self.cmos_in_flight = None
+        self.cmos_calls = collections.deque()  # state-script calls awaiting replies
         self.cmos_retry_at = 0.0
         self.unsent = None                 # (flush_id, groups, samples) of a failed flush
         self.flush_in_flight = None
@@ -153,6 +182,9 @@ class DataConsumer(Service):
         except Exception:  # one bad message never kills the worker
             self.corruption.note("undecodable_message")
             self.log.failure("unexpected error handling a message")
+        if len(self.queue) >= PAUSE_QUEUE and self.link is not None and not self.link.paused:
+            self.link.pause()
+            self.stats.incr("read_pauses")
         self.pump_cmos()
 
     def _handle(self, frames):
@@ -200,8 +232,7 @@ class DataConsumer(Service):
             self.stats.incr("cmos_invalid_counts", n_invalid)
         if not len(rec.index):
             return
-        self.queue.append((rec.crate, ns, rec.index[valid], rec.count[valid],
-                           rec.masked_in[valid]))
+        self.queue.append((rec.crate, ns, rec.index, rec.count, valid, rec.masked_in))
         while len(self.queue) > MAX_QUEUED_RECORDS:
             self.queue.popleft()
             self.stats.incr("dropped_records")
@@ -224,31 +255,46 @@ class DataConsumer(Service):
 
     # -- CMOS state ------------------------------------------------------------------
 
-    def pump_cmos(self):
-        """Send the queued CMOS records to the state script, one call at a time."""
-        if self.cmos_in_flight is not None or not self.queue:
-            return None
-        if self.clock.seconds() < self.cmos_retry_at:
-            return None
-        batch = [self.queue.popleft() for _ in range(min(CMOS_BATCH, len(self.queue)))]
-        d = self.cmos_in_flight = self.state.rates(batch)
-        d.addCallbacks(self._rated, self._rating_failed, callbackArgs=(batch,),
-                       errbackArgs=(batch,))
-        d.addErrback(lambda f: self.log.failure("CMOS bookkeeping failed", f))
-        return d
+    @property
+    def cmos_in_flight(self):
+        """The oldest state-script call still waiting for its reply, or None."""
+        return self.cmos_calls[0] if self.cmos_calls else None
 
-    def _rated(self, results, batch):
-        self.cmos_in_flight = None
+    def pump_cmos(self):
+        """Send queued CMOS records to the state script, in batches, with at most
+        CMOS_IN_FLIGHT calls outstanding (one connection: Redis runs them in order, and
+        this worker handles one reply while Redis runs the next call)."""
+        while self.queue and len(self.cmos_calls) < CMOS_IN_FLIGHT:
+            if self.clock.seconds() < self.cmos_retry_at:
+                break
+            batch = [self.queue.popleft() for _ in range(min(CMOS_BATCH, len(self.queue)))]
+            d = self.state.rates(batch)
+            self.cmos_calls.append(d)
+            d.addCallbacks(self._rated, self._rating_failed, callbackArgs=(batch, d),
+                           errbackArgs=(batch, d))
+            d.addErrback(lambda f: self.log.failure("CMOS bookkeeping failed", f))
+        return self.cmos_in_flight
+
+    def _done_call(self, d):
+        try:
+            self.cmos_calls.remove(d)
+        except ValueError:
+            pass
+
+    def _rated(self, results, batch, d):
+        self._done_call(d)
         n = 0
         for (crate, ns, *_), (index, rate) in zip(batch, results):
             self._add("cmos", ns // 1_000_000_000, index, rate)
             n += len(index)
         self.stats.incr("cmos_rates", n)
         self.stats.incr("cmos_records_rated", len(batch))
+        if self.link is not None and self.link.paused and len(self.queue) <= RESUME_QUEUE:
+            self.link.resume()
         self.pump_cmos()
 
-    def _rating_failed(self, failure, batch):
-        self.cmos_in_flight = None
+    def _rating_failed(self, failure, batch, d):
+        self._done_call(d)
         self.stats.incr("cmos_state_errors")
         self.queue.extendleft(reversed(batch))
         self.cmos_retry_at = self.clock.seconds() + RETRY_DELAY
@@ -344,7 +390,8 @@ class DataConsumer(Service):
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         if self.link is not None:
-            self.link.kick()
+            self.link.resume()
+            self.link.kick()  # take in what already arrived
             self.link.shutdown()
             self.link = None
         deadline = self.clock.seconds() + STOP_TIMEOUT

@@ -2,108 +2,122 @@
 the per-second flush of CMOS-rate / base-current sums.
 
 Both are Lua scripts, so each is one round trip and atomic:
-* CMOS_RATES_SCRIPT reads the previous (count, time) of every channel of a batch of
-  records, writes the new pairs and returns the rates. Any number of consumer workers may
-  receive records of the same crate: each record sees the pair left by the record before
-  it, whichever worker handled that one, and a record older than the stored pair (another
-  worker was faster) neither produces a rate nor moves the state backwards.
+* CMOS_STATE_SCRIPT swaps in the new (count, receipt time) of every channel of a batch of
+  records and returns, per record, the state it found: the rates are computed from that
+  in Python (numpy, exact integer nanoseconds). Any number of consumer workers may receive
+  records of the same crate: each record sees the pair left by the record before it,
+  whichever worker handled that one, and a record older than a stored pair (another worker
+  was faster) neither produces a rate for that channel nor moves its state backwards. An
+  invalid count (bit 31) carries no information: it gives no rate and leaves the last
+  valid pair in place, so the next valid count is rated against it.
 * FLUSH_SCRIPT adds a worker's partial sums and sample counts into the raw bucket hashes
   `ts:H:b:<name>:sum` / `:len` of every hash interval, once per flush id (a flush retried
   after a lost reply is not counted twice).
 
 Binary blobs carry the numbers both ways (no float formatting, no per-value arguments).
+The CMOS state is kept per crate in the hash `cmos:state:<crate>`, one field per slot,
+whose value packs big-endian u32s: the latest receipt time stored in the slot (seconds,
+nanoseconds), the 32 counts, then the 32 channels' receipt times (seconds, nanoseconds).
+A record touches at most 8 fields instead of 512 per-channel ones (per-channel fields
+cost ~2 ms of Redis time per record in a listpack-encoded hash), and the usual record
+(all counts valid, newer than the slot) is stored with string operations alone.
 """
 import numpy as np
 
 from minard import constants as C
 from minard.store import keys
 
-#: Per channel sent to the CMOS script: index u16, count u32, masked-in u8.
-CMOS_IN = np.dtype([("index", ">u2"), ("count", ">u4"), ("masked_in", "u1")])
-#: Per rate returned: index u16, rate (Hz) float64.
-CMOS_OUT = np.dtype([("index", ">u2"), ("rate", ">f8")])
+#: A slot's stored state (see above).
+SLOT_STATE = np.dtype([("sec", ">u4"), ("nsec", ">u4"), ("count", ">u4", (32,)),
+                       ("times", ">u4", (32, 2))])
+SLOT_STATE_SIZE = SLOT_STATE.itemsize  # 392
+#: What the script receives per slot: slot, all counts valid?, 32 counts, 32 valid flags.
+SLOT_INPUT = np.dtype([("slot", "u1"), ("all_valid", "u1"), ("count", ">u4", (32,)),
+                       ("valid", "u1", (32,))])
 #: Per channel flushed: index u16, sum float64, samples u32.
 FLUSH_IN = np.dtype([("index", ">u2"), ("sum", ">f8"), ("len", ">u4")])
+NS = 1_000_000_000
 
-CMOS_RATES_SCRIPT = """
--- KEYS: count hash, timestamp hash of each record (2 per record)
--- ARGV: state ttl, then per record: receipt time (int ns, decimal), channels blob
--- returns per record a blob of (index u16, rate f64) for the channels given a rate
+CMOS_STATE_SCRIPT = """
+-- KEYS: the state hash of each record's crate
+-- ARGV: state ttl, then per record: receipt seconds, nanoseconds, slots blob
+--   (per slot: slot u8, all-valid u8, 32 counts u32, 32 valid flags u8)
+-- returns per record the concatenated states its slots had before it (zeros if none)
 local ttl = tonumber(ARGV[1])
-local max_dt = %(max_dt)d
-
-local function split(ns)
-  -- exact seconds and nanoseconds of a decimal int64 ns string (doubles hold 2^53)
-  local n = #ns
-  if n <= 9 then return 0, tonumber(ns) end
-  return tonumber(string.sub(ns, 1, n - 9)), tonumber(string.sub(ns, n - 8))
-end
+local size = %(state_size)d
+local insize = %(input_size)d
+local zero = string.rep('\0', size)
+local full_fmt = '>' .. string.rep('I4', 98)
+local in_fmt = '>' .. string.rep('I4', 32) .. string.rep('B', 32)
 
 local out = {}
-for r = 1, (#ARGV - 1) / 2 do
-  local ckey, tkey = KEYS[2 * r - 1], KEYS[2 * r]
-  local now = ARGV[2 * r]
-  local blob = ARGV[2 * r + 1]
-  local sec, nsec = split(now)
-  local n = #blob / 7
-  local rates = {}
-  if n > 0 then
-    local fields, counts, masked = {}, {}, {}
-    local pos = 1
-    for j = 1, n do
-      local idx, cnt, m
-      idx, cnt, m, pos = struct.unpack('>I2I4B', blob, pos)
-      fields[j] = string.format('%%d', idx)
-      counts[j] = cnt
-      masked[j] = m
+for r = 1, #KEYS do
+  local key = KEYS[r]
+  local sec, nsec = tonumber(ARGV[3 * r - 1]), tonumber(ARGV[3 * r])
+  local stamp = struct.pack('>I4I4', sec, nsec)
+  local blob = ARGV[3 * r + 1]
+  local nslots = #blob / insize
+  local olds = {}
+  if nslots > 0 then
+    local fields = {}
+    for j = 1, nslots do
+      fields[j] = tostring(string.byte(blob, (j - 1) * insize + 1))
     end
-    local pc = redis.call('HMGET', ckey, unpack(fields))
-    local pt = redis.call('HMGET', tkey, unpack(fields))
-    local newc, newt = {}, {}
-    for j = 1, n do
-      local write = true
-      if pc[j] and pt[j] then
-        local psec, pnsec = split(pt[j])
-        local dt = (sec - psec) + (nsec - pnsec) / 1e9
-        if dt <= 0 then
-          write = false  -- an older record than the stored one: stale, ignore it
-        elseif masked[j] == 1 and dt < max_dt then
-          local prev = tonumber(pc[j])
-          if prev and counts[j] > prev then
-            rates[#rates + 1] = struct.pack('>I2d', tonumber(fields[j]), (counts[j] - prev) / dt)
+    local stored = redis.call('HMGET', key, unpack(fields))
+    local updates = {}
+    for j = 1, nslots do
+      local base = (j - 1) * insize
+      local old = stored[j]
+      if not old or #old ~= size then old = zero end
+      local ms, mn = struct.unpack('>I4I4', old)
+      local fresh = sec > ms or (sec == ms and nsec > mn)
+      local new
+      if fresh and string.byte(blob, base + 2) == 1 then
+        -- every count valid and newer than anything stored: all 32 pairs are replaced
+        new = stamp .. string.sub(blob, base + 3, base + 130) .. string.rep(stamp, 32)
+      else
+        local o = {struct.unpack(full_fmt, old)}
+        local inp = {struct.unpack(in_fmt, blob, base + 3)}
+        if fresh then o[1], o[2] = sec, nsec end
+        for c = 1, 32 do
+          -- channel c: count at o[2 + c], time at o[33 + 2c], o[34 + 2c]
+          local ps, pn = o[33 + 2 * c], o[34 + 2 * c]
+          if inp[32 + c] == 1 and (sec > ps or (sec == ps and nsec > pn)) then
+            o[2 + c] = inp[c]
+            o[33 + 2 * c], o[34 + 2 * c] = sec, nsec
           end
         end
+        o[99] = nil  -- the position struct.unpack appends
+        new = struct.pack(full_fmt, unpack(o))
       end
-      if write then
-        newc[#newc + 1] = fields[j]
-        newc[#newc + 1] = string.format('%%d', counts[j])
-        newt[#newt + 1] = fields[j]
-        newt[#newt + 1] = now
-      end
+      olds[j] = old
+      updates[2 * j - 1] = fields[j]
+      updates[2 * j] = new
     end
-    if #newc > 0 then
-      redis.call('HSET', ckey, unpack(newc))
-      redis.call('HSET', tkey, unpack(newt))
-    end
-    redis.call('EXPIRE', ckey, ttl)
-    redis.call('EXPIRE', tkey, ttl)
+    redis.call('HSET', key, unpack(updates))
+    redis.call('EXPIRE', key, ttl)
   end
-  out[r] = table.concat(rates)
+  out[r] = table.concat(olds)
 end
 return out
-""" % {"max_dt": C.CMOS_MAX_DT}
+""" % {"state_size": SLOT_STATE_SIZE, "input_size": SLOT_INPUT.itemsize}
 
 FLUSH_SCRIPT = """
 -- KEYS: flush marker, then a (sum hash, len hash) pair per target bucket
--- ARGV: marker ttl, number of groups, then per group: blob, number of targets, their ttls
--- Every target of a group receives the group's blob of (index u16, sum f64, len u32).
+-- ARGV: marker ttl, number of groups, then per group: blob, integer sums (1/0), number
+--   of targets, their ttls
+-- Every target of a group receives the group's blob of (index u16, sum f64, len u32);
+-- integer sums (base currents) go in with HINCRBY, which is cheaper than HINCRBYFLOAT.
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   return 0
 end
 local a, k = 3, 2
 for g = 1, tonumber(ARGV[2]) do
   local blob = ARGV[a]
-  local ntargets = tonumber(ARGV[a + 1])
+  local integer = ARGV[a + 1] == '1'
+  local ntargets = tonumber(ARGV[a + 2])
+  local sum_fmt, incr = '%.17g', 'HINCRBYFLOAT'
+  if integer then sum_fmt, incr = '%d', 'HINCRBY' end
   local n = #blob / 14
   local fields, sums, lens = {}, {}, {}
   local pos = 1
@@ -111,24 +125,27 @@ for g = 1, tonumber(ARGV[2]) do
     local idx, s, l
     idx, s, l, pos = struct.unpack('>I2dI4', blob, pos)
     fields[j] = string.format('%d', idx)
-    sums[j] = string.format('%.17g', s)
+    sums[j] = string.format(sum_fmt, s)
     lens[j] = l
   end
   for t = 1, ntargets do
-    local skey, lkey, ttl = KEYS[k], KEYS[k + 1], ARGV[a + 1 + t]
+    local skey, lkey, ttl = KEYS[k], KEYS[k + 1], ARGV[a + 2 + t]
     for j = 1, n do
-      redis.call('HINCRBYFLOAT', skey, fields[j], sums[j])
+      redis.call(incr, skey, fields[j], sums[j])
       redis.call('HINCRBY', lkey, fields[j], lens[j])
     end
     redis.call('EXPIRE', skey, ttl)
     redis.call('EXPIRE', lkey, ttl)
     k = k + 2
   end
-  a = a + 2 + ntargets
+  a = a + 3 + ntargets
 end
 return 1
 """
 
+#: Quantities whose values are whole numbers (base currents: raw − 127), summed exactly
+#: with HINCRBY. Every writer of a name must agree (HINCRBY refuses a float field).
+INTEGER_SUMS = frozenset(["base"])
 #: A flush marker outlives any retry of its flush.
 FLUSH_MARKER_TTL = 3600
 
@@ -148,6 +165,39 @@ def sum_keys(interval, b, name):
     return keys.ts(interval, b, name + ":sum"), keys.ts(interval, b, name + ":len")
 
 
+def slot_input(slots, counts, valid):
+    """The state script's blob for one record."""
+    n = len(slots)
+    blob = np.empty(n, dtype=SLOT_INPUT)
+    blob["slot"] = slots
+    blob["count"] = np.asarray(counts).reshape(n, 32)
+    valid = np.asarray(valid, dtype=bool).reshape(n, 32)
+    blob["valid"] = valid
+    blob["all_valid"] = valid.all(axis=1)
+    return blob.tobytes()
+
+
+def decode_slot_state(blob):
+    """A stored slot state as arrays count, receipt ns (0 = no previous count)."""
+    state = np.frombuffer(blob, dtype=SLOT_STATE)
+    times = state["times"].astype(np.int64)
+    return (state["count"].astype(np.int64).ravel(),
+            (times[..., 0] * NS + times[..., 1]).ravel())
+
+
+def cmos_rates(receipt_ns, count, valid, masked_in, prev_count, prev_ns,
+               max_dt=C.CMOS_MAX_DT):
+    """Rates (Hz) of one record's channels from the previous pairs, NaN where none (SPEC
+    §3): a valid, masked-in count above a previous one from 0 < Δt < max_dt seconds ago."""
+    dt_ns = np.int64(receipt_ns) - prev_ns
+    count = np.asarray(count, dtype=np.int64)
+    ok = (np.asarray(valid, dtype=bool) & np.asarray(masked_in, dtype=bool) & (prev_ns > 0)
+          & (dt_ns > 0) & (dt_ns < max_dt * NS) & (count > prev_count))
+    rate = np.full(len(count), np.nan)
+    rate[ok] = (count[ok] - prev_count[ok]) / (dt_ns[ok] / NS)
+    return rate
+
+
 class CmosState:
     """The shared previous (count, time) of every CMOS channel."""
 
@@ -156,27 +206,27 @@ class CmosState:
         self.ttl = ttl
 
     def rates(self, records):
-        """`records`: list of (crate, receipt_ns, index, count, masked_in) arrays, only
-        channels whose count is valid. Deferred list, per record, of (index, rate) arrays
-        for the channels that have a rate."""
+        """`records`: list of (crate, receipt_ns, index, count, valid, masked_in), the
+        arrays covering whole slots (32 channels each, as a CMOS record does). Deferred
+        list, per record, of (index, rate) arrays for the channels that have a rate."""
         script_keys, args = [], [str(self.ttl)]
-        for crate, receipt_ns, index, count, masked_in in records:
-            script_keys += [keys.cmos_count(crate), keys.cmos_timestamp(crate)]
-            blob = np.empty(len(index), dtype=CMOS_IN)
-            blob["index"] = index
-            blob["count"] = count
-            blob["masked_in"] = masked_in
-            args += [str(int(receipt_ns)), blob.tobytes()]
-        d = self.redis.eval(CMOS_RATES_SCRIPT, script_keys, args)
-        d.addCallback(self._decode)
+        for crate, receipt_ns, index, count, valid, masked_in in records:
+            script_keys.append(keys.cmos_state(crate))
+            slots = (np.asarray(index[::32]) >> 5) & 0xF
+            sec, nsec = divmod(int(receipt_ns), NS)
+            args += [str(sec), str(nsec), slot_input(slots, count, valid)]
+        d = self.redis.eval(CMOS_STATE_SCRIPT, script_keys, args)
+        d.addCallback(self._rates, records)
         return d
 
     @staticmethod
-    def _decode(reply):
+    def _rates(reply, records):
         out = []
-        for item in reply:
-            data = np.frombuffer(_as_bytes(item), dtype=CMOS_OUT)
-            out.append((data["index"].astype(np.int64), data["rate"].astype(np.float64)))
+        for item, (crate, receipt_ns, index, count, valid, masked_in) in zip(reply, records):
+            prev_count, prev_ns = decode_slot_state(_as_bytes(item))
+            rate = cmos_rates(receipt_ns, count, valid, masked_in, prev_count, prev_ns)
+            has = ~np.isnan(rate)
+            out.append((np.asarray(index, dtype=np.int64)[has], rate[has]))
         return out
 
 
@@ -193,7 +243,7 @@ def flush_args(flush_id, groups, intervals=C.HASH_INTERVALS):
         blob["index"] = index
         blob["sum"] = sums
         blob["len"] = lens
-        args += [blob.tobytes(), str(len(intervals))]
+        args += [blob.tobytes(), "1" if name in INTEGER_SUMS else "0", str(len(intervals))]
         for interval in intervals:
             script_keys += list(sum_keys(interval, int(t) // interval, name))
             args.append(str(raw_ttl(interval)))

@@ -72,16 +72,6 @@ def flush_marker(flush_id):
     return "minard:flush:%s" % (flush_id,)
 
 
-def cmos_count(crate):
-    """Hash channel index -> last valid CMOS count of that channel (compat name)."""
-    return "cmos:count:%d" % (crate,)
-
-
-def cmos_timestamp(crate):
-    """Hash channel index -> receipt time (int ns) of that count (compat name)."""
-    return "cmos:timestamp:%d" % (crate,)
-
-
 #: Prefix of `alarms:<id>` (the alarm script builds the key from it).
 ALARM_PREFIX = "alarms:"
 
@@ -109,3 +99,8 @@ def rollup(interval, b, name, level, method):
 def ts_scalar(interval, b, name):
     """`ts:<I>:<b>:<name>` for keys written by other programs (L1, L2, L2:gtid ...)."""
     return ts(interval, b, name)
+
+
+def cmos_state(crate):
+    """Hash slot -> packed previous (count, receipt time) of the slot's 32 CMOS channels."""
+    return "cmos:state:%d" % (crate,)
