@@ -69,7 +69,7 @@ BASE_PAYLOAD_SIZE = 1100
 CMOS_COUNT_SLOTS = 8  # a CMOS record carries counts for at most the first 8 set slots
 CMOS_INVALID_BIT = 1 << 31
 CMOS_MAX_DT = 10  # s: a rate needs 0 < dt < 10 s
-CMOS_STATE_TTL = 3600  # s: previous count/time per channel (cmos:count:<crate>, ...)
+CMOS_STATE_TTL = 3600  # s: previous count/time per channel (cmos:state:<crate>)
 BASE_CURRENT_OFFSET = 127
 #: Raw per-bucket sums (`ts:H:b:<name>:sum/len`, `occupancy:hits/count`) live H + this.
 RAW_HASH_TTL_EXTRA = 300

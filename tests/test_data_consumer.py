@@ -3,6 +3,7 @@ bytes, per-second flush, finalised hashes and roll-ups, corrupt input, Redis out
 import struct
 
 import numpy as np
+from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
@@ -76,6 +77,45 @@ class ChannelSumsTests(unittest.TestCase):
         self.assertEqual(kinds_for({"port": 5557, "zmq": None}), ("cmos",))
         self.assertEqual(kinds_for({"port": 5557, "zmq": "tcp://127.0.0.1:5558"}), ("base",))
         self.assertEqual(kinds_for({"port": 6000, "zmq": None}), ("cmos", "base"))
+
+
+class FuzzTests(unittest.TestCase):
+    """Any frames at all: counted as corrupt or accepted, never an unexpected error."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.binary(max_size=1300), min_size=0, max_size=4),
+           st.sampled_from([C.RECORD_CMOS, C.RECORD_BASE, 0x504D5420, 0]),
+           st.integers(0, 1300), st.booleans())
+    def test_fuzz(self, frames, rid, length, stamped):
+        self.feed(frames, rid, length, stamped)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.sampled_from([C.RECORD_CMOS, C.RECORD_BASE]), st.integers(0, 25),
+           st.integers(0, 0x1FFFF), st.binary(min_size=1200, max_size=1200))
+    def test_fuzz_well_framed(self, rid, crate, slot_mask, rest):
+        size = C.CMOS_PAYLOAD_SIZE if rid == C.RECORD_CMOS else C.BASE_PAYLOAD_SIZE
+        payload = (struct.pack(">II", crate, slot_mask) + rest)[:size]
+        w = self.feed([], rid, size, True, payload)
+        if crate < 20 and slot_mask < 0x10000:
+            self.assertEqual(w.stats.counters.get("records_" + ("cmos" if rid == C.RECORD_CMOS
+                                                                 else "base")), 1)
+
+    def feed(self, frames, rid, length, stamped, payload=None):
+        clock = task.Clock()
+        clock.advance(T0)
+        w = DataConsumer("tcp://127.0.0.1:1", ("cmos",), None, Stats("fuzz"), clock,
+                         link_factory=FakeLink)
+        w.pump_cmos = lambda: None  # no Redis here: records just queue
+        w.link = FakeLink(None, None)
+        # a plausible header with a random body, and raw random frames
+        body = payload if payload is not None else (frames[0] if frames else b"")
+        record = struct.pack(">III", rid, length, 0) + body[:length]
+        message_frames = ([struct.pack(">q", T0 * NS)] if stamped else []) + [record] + frames
+        w.on_message(message_frames)
+        self.assertNotIn("corrupt_undecodable_message", w.stats.counters)
+        for crate, ns, index, count, valid, masked in w.queue:
+            self.assertTrue((index < C.N_CHANNELS).all())
+        return w
 
 
 class ConsumerTestBase(RedisTestMixin, unittest.TestCase):

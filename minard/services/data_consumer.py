@@ -158,6 +158,7 @@ class DataConsumer(Service):
         self.unsent = None                 # (flush_id, groups, samples) of a failed flush
         self.flush_in_flight = None
         self.flush_retry_at = 0.0
+        self.flush_failures = 0            # in a row
         self.finalising = {}
         self.link = None
         self._ticker = None
@@ -344,6 +345,7 @@ class DataConsumer(Service):
         def applied(result):
             self.flush_in_flight = None
             self.unsent = None
+            self.flush_failures = 0
             self.stats.incr("flushes")
             self.stats.incr("flushed_samples", samples)
             if result == 0:
@@ -352,6 +354,7 @@ class DataConsumer(Service):
 
         def failed(failure):
             self.flush_in_flight = None
+            self.flush_failures += 1
             self.stats.incr("flush_errors")
             self.flush_retry_at = self.clock.seconds() + RETRY_DELAY
             self.corruption.note("flush_failed", 0, failure.getErrorMessage())
@@ -419,11 +422,21 @@ class DataConsumer(Service):
                            n=lost, b=held)
 
 
+def status_of(consumer):
+    """The heartbeat text: ok, or what is wrong."""
+    if consumer.flush_failures:
+        return "cannot write to Redis (%d flushes failed in a row)" % consumer.flush_failures
+    if len(consumer.queue) >= PAUSE_QUEUE:
+        return "behind: %d CMOS records waiting" % len(consumer.queue)
+    return "ok"
+
+
 def make_service(options, reactor):
     port = urlsplit(address_for(options)).port
     process = "data-consumer-%s-%d" % (port, os.getpid())
     base = ProcessBase(options, process, heartbeat_name="minard-data-consumer")
     consumer = DataConsumer(address_for(options), kinds_for(options), base.redis,
                             base.stats, reactor)
+    base.status = lambda: status_of(consumer)
     consumer.setServiceParent(base.service)
     return base.service
