@@ -5,8 +5,9 @@ A ControlHost dispatcher written here (tests.test_pipeline's) feeds
 redis-server; the test then restarts Redis, freezes it, kills and restarts the dispatcher,
 kills pull workers, and compares what is stored, second by second, with what was sent.
 
-Events are only sent in the middle half of each wall-clock second (fraction 0.25-0.75), so
-the second the push side stamps on a batch is the second the test counted it in: every
+Events are only sent in the first half of each wall-clock second (fraction 0.05-0.55), so
+the second the push side stamps on a batch (a little later than the test wrote it, never
+earlier) is the second the test counted it in: every
 second can be compared exactly, and a loss can be pinned to the seconds it happened in.
 
 What the design allows to be lost (and nothing else may be):
@@ -38,7 +39,7 @@ from tests.test_pipeline import TestDispatcherFactory, frame
 from tests.test_wire_sno import hand_built
 
 #: Events are sent only while time.time() % 1 is in this window.
-SEND_WINDOW = (0.25, 0.75)
+SEND_WINDOW = (0.05, 0.55)
 #: The feeder writes every TICK seconds; events per second = PER_TICK / TICK * 0.5.
 TICK = 0.01
 PER_TICK = 30
@@ -290,8 +291,8 @@ class RedisFaultTests(FaultTestCase):
                 self.assertEqual(stored[s], self.feeder.sent[s], "second %d" % s)
             elif s < killed_in - 1:  # flushed to the Redis that died
                 self.assertEqual(stored[s], [0, 0, 0], "second %d" % s)
-            else:                   # flushed at about the moment of the kill
-                self.assertIn(stored[s][0], (0, self.feeder.sent[s][0]), "second %d" % s)
+            else:                   # flushed by some workers at about the moment of the kill
+                self.assertLessEqual(stored[s][0], self.feeder.sent[s][0], "second %d" % s)
         self.assert_alive()
         self.assertEqual(self.pull_stats("dropped_events"), 0)
 
