@@ -93,30 +93,23 @@ class PullLink(ZmqConnection):
             if not self.read_scheduled.called:
                 self.read_scheduled.cancel()
             self.read_scheduled = None
-        sock = self.socket
-        for _ in range(READS_PER_TURN):
-            if self.factory is None:
-                return
-            try:
-                frames = sock.recv_multipart(constants.NOBLOCK)
-            except error.Again:
-                return
-            self.on_message(frames)
-        # more may be waiting: come back on the next reactor turn, after timers ran
-        if self._more is None or not self._more.active():
-            self._more = self._reactor.callLater(0, self.doRead)
+        if self.drain(READS_PER_TURN) == READS_PER_TURN:
+            # more may be waiting: come back on the next reactor turn, after timers ran
+            if self._more is None or not self._more.active():
+                self._more = self._reactor.callLater(0, self.doRead)
 
     def drain(self, limit=100000):
-        """Read everything already queued (at most `limit` messages), at once."""
+        """Read what is already queued, at most `limit` messages; returns how many."""
         sock = self.socket
-        for _ in range(limit):
+        for count in range(limit):
             if self.factory is None:
-                return
+                return count
             try:
                 frames = sock.recv_multipart(constants.NOBLOCK)
             except error.Again:
-                return
+                return count
             self.on_message(frames)
+        return limit
 
     def kick(self):
         """Read whatever is queued (the descriptor may not have told us)."""
