@@ -8,6 +8,7 @@ drops is counted. SIGTERM flushes the open seconds before exiting.
 """
 import itertools
 import time
+import uuid
 
 import numpy as np
 from twisted.application.service import Service
@@ -56,7 +57,7 @@ class PullWorker(Service):
         self.link = None
         self._ticker = None
         self._flush_ids = itertools.count()
-        self._run = "%s-%d" % (name, int(time.time() * 1000))
+        self._run = "%s-%s" % (name, uuid.uuid4().hex)  # unique even for a repeated --name
         self._stopping = False
 
     # -- receiving -----------------------------------------------------------------
