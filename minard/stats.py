@@ -92,7 +92,13 @@ class StatsPublisher(TimerService):
 
 
 class CorruptionLog:
-    """Counts corrupt input per kind and logs each kind at most once per interval."""
+    """Counts corrupt input per kind and logs each kind at most once per interval.
+
+    `trouble` does the same rate-limited logging for problems that are not corrupt input
+    (Redis away, a bound reached): the log line then says what happened, not "corrupt
+    input", and no `corrupt_*` counter is made up for it (callers count those under
+    their own names, e.g. flush_errors, dropped_seconds).
+    """
 
     log = Logger()
 
@@ -102,15 +108,38 @@ class CorruptionLog:
         self.clock = clock
         self._last_logged = {}
         self._unlogged = {}
+        self.stats.counters.setdefault("corrupt", 0)
+
+    def _due(self, key, count):
+        """Add count to key's unlogged total; True (and the total) when key may log now."""
+        self._unlogged[key] = self._unlogged.get(key, 0) + count
+        now = self.clock()
+        if now - self._last_logged.get(key, -1e18) < self.interval:
+            return False, 0
+        total = self._unlogged[key]
+        self._last_logged[key] = now
+        self._unlogged[key] = 0
+        return True, total
 
     def note(self, kind, count=1, detail=""):
+        """Corrupt input of `kind`: counted in corrupt_<kind> and corrupt (the total).
+        Returns True when this call wrote the log line (once per kind and interval)."""
         self.stats.incr("corrupt_" + kind, count)
-        self._unlogged[kind] = self._unlogged.get(kind, 0) + count
-        now = self.clock()
-        if now - self._last_logged.get(kind, -1e18) >= self.interval:
+        self.stats.incr("corrupt", count)
+        due, total = self._due(("corrupt", kind), count)
+        if due:
             self.log.warn("{process}: {count} corrupt input(s) of kind {kind} "
                           "since the last report{detail}",
-                          process=self.stats.process, count=self._unlogged[kind],
+                          process=self.stats.process, count=total,
                           kind=kind, detail=(": " + detail) if detail else "")
-            self._last_logged[kind] = now
-            self._unlogged[kind] = 0
+        return due
+
+    def trouble(self, kind, detail=""):
+        """An operational problem (not corrupt input), logged once per kind and interval
+        with the number of times it happened since the last report."""
+        due, total = self._due(("trouble", kind), 1)
+        if due:
+            self.log.warn("{process}: {kind}{detail} ({count} time(s) since the last "
+                          "report)", process=self.stats.process, kind=kind.replace("_", " "),
+                          detail=(": " + detail) if detail else "", count=total)
+        return due

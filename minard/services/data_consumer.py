@@ -181,8 +181,8 @@ class DataConsumer(Service):
         try:
             self._handle(frames)
         except Exception:  # one bad message never kills the worker
-            self.corruption.note("undecodable_message")
-            self.log.failure("unexpected error handling a message")
+            if self.corruption.note("undecodable_message"):  # traceback once per interval
+                self.log.failure("unexpected error handling a message")
         if len(self.queue) >= PAUSE_QUEUE and self.link is not None and not self.link.paused:
             self.link.pause()
             self.stats.incr("read_pauses")
@@ -237,8 +237,8 @@ class DataConsumer(Service):
         while len(self.queue) > MAX_QUEUED_RECORDS:
             self.queue.popleft()
             self.stats.incr("dropped_records")
-            self.corruption.note("record_queue_full", 0, "Redis unreachable or slow; "
-                                 "oldest CMOS records dropped")
+            self.corruption.trouble("record_queue_full", "Redis unreachable or slow; "
+                                    "oldest CMOS records dropped")
 
     def add_base(self, ns, rec):
         self.stats.incr("base_samples", len(rec.index))
@@ -252,7 +252,7 @@ class DataConsumer(Service):
         dropped = self.sums[name].add(second, index, values)
         if dropped:
             self.stats.incr("dropped_samples", dropped)
-            self.corruption.note("sums_full", 0, "Redis unreachable; oldest sums dropped")
+            self.corruption.trouble("sums_full", "Redis unreachable; oldest sums dropped")
 
     # -- CMOS state ------------------------------------------------------------------
 
@@ -299,7 +299,7 @@ class DataConsumer(Service):
         self.stats.incr("cmos_state_errors")
         self.queue.extendleft(reversed(batch))
         self.cmos_retry_at = self.clock.seconds() + RETRY_DELAY
-        self.corruption.note("cmos_state_failed", 0, failure.getErrorMessage())
+        self.corruption.trouble("cmos_state_failed", failure.getErrorMessage())
 
     # -- flushing and finalising -----------------------------------------------------
 
@@ -357,7 +357,7 @@ class DataConsumer(Service):
             self.flush_failures += 1
             self.stats.incr("flush_errors")
             self.flush_retry_at = self.clock.seconds() + RETRY_DELAY
-            self.corruption.note("flush_failed", 0, failure.getErrorMessage())
+            self.corruption.trouble("flush_failed", failure.getErrorMessage())
 
         d.addCallbacks(applied, failed)
         d.addErrback(lambda f: self.log.failure("flush bookkeeping failed", f))
@@ -379,7 +379,7 @@ class DataConsumer(Service):
             def failed(failure, name=name):
                 self.finalising[name] = None
                 self.stats.incr("finalise_errors")
-                self.corruption.note("finalise_failed", 0, failure.getErrorMessage())
+                self.corruption.trouble("finalise_failed", failure.getErrorMessage())
 
             d.addCallbacks(done, failed)
 

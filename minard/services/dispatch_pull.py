@@ -74,8 +74,8 @@ class PullWorker(Service):
         try:
             self._handle(frames)
         except Exception:  # never let one message kill the worker
-            self.corruption.note("undecodable_message")
-            self.log.failure("unexpected error handling a message")
+            if self.corruption.note("undecodable_message"):  # traceback once per interval
+                self.log.failure("unexpected error handling a message")
 
     def _handle(self, frames):
         self.stats.incr("messages")
@@ -134,8 +134,8 @@ class PullWorker(Service):
             second, events, _ = self.pending.pop(0)
             self.stats.incr("dropped_seconds")
             self.stats.incr("dropped_events", events)
-            self.corruption.note("flush_queue_full", 0,
-                                 "Redis unreachable; oldest seconds dropped")
+            self.corruption.trouble("flush_queue_full",
+                                    "Redis unreachable; oldest seconds dropped")
 
     def pump(self):
         """Send the oldest pending flush if none is in flight."""
@@ -165,7 +165,7 @@ class PullWorker(Service):
             self.in_flight = None
             self.stats.incr("flush_errors")
             self.retry_at = self.clock.seconds() + RETRY_DELAY
-            self.corruption.note("flush_failed", 0, failure.getErrorMessage())
+            self.corruption.trouble("flush_failed", failure.getErrorMessage())
 
         d.addCallbacks(applied, failed)
         d.addErrback(lambda f: self.log.failure("flush bookkeeping failed", f))
@@ -208,8 +208,10 @@ class PullWorker(Service):
             lost = sum(events for _, events, _ in self.pending)
             self.stats.incr("dropped_seconds", len(self.pending))
             self.stats.incr("dropped_events", lost)
-            self.log.error("stopping with {n} unflushed seconds ({e} events) lost",
-                           n=len(self.pending), e=lost)
+            # an error (forwarded as an alarm) only when events were lost, not heartbeats
+            (self.log.error if lost else self.log.warn)(
+                "stopping with {n} unflushed seconds ({e} events) lost",
+                n=len(self.pending), e=lost)
 
 
 def make_service(options, reactor):

@@ -211,8 +211,9 @@ class DispatchPush(Service):
         """Append frames to the capture file in CASPUR framing (what --replay serves)."""
         try:
             self.capture.write(b"".join(CASPUR.frame(tag, payload) for tag, payload in frames))
-        except OSError as e:
-            self.corruption.note("capture_write_failed", 1, str(e))
+        except OSError as e:  # a full disk is not corrupt input: count it as what it is
+            self.stats.incr("capture_write_errors")
+            self.corruption.trouble("capture_write_failed", str(e))
 
     def link_up(self, connection):
         self.connection = connection
