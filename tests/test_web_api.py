@@ -426,6 +426,42 @@ class BadRequestTests(SiteTestMixin, unittest.TestCase):
             self.assertEqual(code, 404, "%s -> %d %r" % (path, code, body[:200]))
 
 
+class ClientGoneTests(SiteTestMixin, unittest.TestCase):
+    """A browser that leaves a page while Redis answers is not an internal error: the
+    original logged a critical traceback for it, which became a level-50 alarm."""
+
+    use_clock = False
+
+    @defer.inlineCallbacks
+    def test_client_leaving_mid_request(self):
+        from twisted.internet import protocol, reactor
+        from tests.support import wait_for
+
+        class Ask(protocol.Protocol):
+            def __init__(self, path):
+                self.path = path
+
+            def connectionMade(self):
+                self.transport.write(b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % self.path)
+
+        self.redis_server.command("CLIENT", "PAUSE", "800", "ALL")  # Redis answers late
+        paths = [b"get_status?name=builder", b"metric?expr=TOTAL&start=%d&stop=%d&step=1"
+                 % (T0, T0 + 60), b"get_alarm", b"nearline"]
+        counters = self.site.stats.counters
+        for n, path in enumerate(paths, 1):
+            ep = protocol.ClientCreator(reactor, Ask, path)
+            conn = yield ep.connectTCP("127.0.0.1", self.port.getHost().port)
+            yield wait_for(lambda: counters.get("requests", 0) +
+                           counters.get("page_requests", 0) >= n, timeout=5)
+            conn.transport.loseConnection()  # gone before Redis answers
+        yield wait_for(lambda: self.site.stats.counters.get("requests_cancelled", 0)
+                       >= len(paths), timeout=5)
+        self.assertNotIn("internal_errors", self.site.stats.counters)
+        # and the site still answers
+        got = yield self.get_json("get_status?name=builder")
+        self.assertEqual(got, {"status": None, "uptime": None})
+
+
 class PageTests(SiteTestMixin, unittest.TestCase):
 
     PAGES = ["snostream", "nhit", "detector", "daq", "l2", "nearline", "status", "alarms",

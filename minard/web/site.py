@@ -107,6 +107,11 @@ def json_route(f):
             self.stats.incr("redis_errors")
             request.setResponseCode(503)
             result = {"error": "Redis is unavailable (%s)" % (e.__class__.__name__,)}
+        except defer.CancelledError:
+            # The client went away while Redis answered (Klein cancels the request's
+            # Deferred): nobody to answer, nothing wrong. Klein drops it silently.
+            self.stats.incr("requests_cancelled")
+            raise
         except Exception:
             self.stats.incr("internal_errors")
             self.log.failure("error answering {path}", path=request.path)
@@ -133,6 +138,9 @@ def page_route(f):
         except NotFound as e:
             request.setResponseCode(404)
             template, context = "message.html", {"title": "Not found", "message": str(e)}
+        except defer.CancelledError:
+            self.stats.incr("requests_cancelled")
+            raise  # the client went away (see json_route)
         except REDIS_ERRORS as e:
             request.setResponseCode(503)
             template, context = "message.html", {
