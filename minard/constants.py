@@ -122,6 +122,10 @@ TIME_RANGES = (
     ("1y", "1 year", 31536000), ("10y", "10 years", 315360000),
 )
 
+#: The simulator's --rate at most (events/s): a synthetic second is built in memory at
+#: once, so a mistyped 1e9 would exhaust the machine instead of simulating anything.
+SIMULATOR_MAX_RATE = 1_000_000
+
 #: Deployment (etc/, minard.deploy, scripts/run-local): the ports around the roles.
 NGINX_PORT = 50000  # nginx in front of the web site (under /monitoring/) and the log server
 REDIS_PORT = 6379

@@ -49,6 +49,20 @@ def integer(text):
         raise OptionError("must be an integer")
 
 
+def seed(text):
+    value = integer(text)
+    if value < 0:
+        raise OptionError("must be a non-negative integer")
+    return value
+
+
+def event_rate(text):
+    value = positive_float(text)
+    if value > C.SIMULATOR_MAX_RATE:
+        raise OptionError("must be at most %d events/s" % C.SIMULATOR_MAX_RATE)
+    return value
+
+
 def plain_text(text):
     if not text or not text.strip():
         raise OptionError("must not be empty")
@@ -72,7 +86,11 @@ def subscription(text):
     if not words or len(words) % 2:
         raise OptionError("must be pairs of 'flag tag', e.g. 'w RAWDATA w RECHDR'")
     for flag, tag in zip(words[::2], words[1::2]):
-        if flag not in ("w", "a", "s", "m"):
+        if flag == "a":
+            # 'a' makes the dispatcher wait for this client: a slow minard stalls the DAQ
+            raise OptionError("flag 'a' is refused: it makes the dispatcher wait for minard "
+                              "and stalls the DAQ when minard is slow; use 'w'")
+        if flag not in ("w", "s", "m"):
             raise OptionError("unknown subscription flag %r" % (flag,))
         if len(tag) > 8:
             raise OptionError("tag %r is longer than 8 characters" % (tag,))
@@ -95,7 +113,7 @@ def zmq_endpoint(text):
 
 def redis_url(text):
     parts = urlsplit(text or "")
-    if parts.scheme not in ("redis", "unix"):
+    if parts.scheme != "redis":  # connect() speaks TCP only: a unix: URL would be ignored
         raise OptionError("must be a URL like redis://:password@127.0.0.1:6379/0")
     try:
         parts.port
@@ -186,8 +204,8 @@ ROLES = {
          "endpoint of the simulated ControlHost dispatcher"),
         ("data-listen", "tcp:%d" % C.DATA_SERVER_PORT, server_endpoint,
          "endpoint of the simulated data server"),
-        ("rate", "1000", positive_float, "events per second"),
-        ("seed", None, integer, "random seed"),
+        ("rate", "1000", event_rate, "events per second"),
+        ("seed", None, seed, "random seed"),
         ("replay", None, existing_file, "serve a file written by --capture instead"),
     ],
 }

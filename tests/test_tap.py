@@ -40,6 +40,11 @@ class CommandLineTests(unittest.TestCase):
             ("--role=web", "--dialect", "caspur"),
             ("--role=nosuchrole",),
             ("--port", "5"),
+            # review: values that used to be accepted and then misbehaved
+            ("--role=dispatch-push", "--subscription", "a RAWDATA w RECHDR"),  # stalls DAQ
+            ("--role=dispatch-pull", "--redis", "unix:///tmp/redis.sock"),  # was ignored
+            ("--role=simulator", "--rate", "1e12"),  # would exhaust memory
+            ("--role=simulator", "--seed", "-1"),  # was a traceback from numpy
         ]
         for args in cases:
             code, out, err = run_twistd("-n", "minard", *args)
@@ -80,3 +85,23 @@ class ParseTests(unittest.TestCase):
             g.write("[dispatch-push]\nport = abc\n")
         self.addCleanup(os.unlink, g.name)
         self.assertRaises(SystemExit, self.parse, "--role=dispatch-push", "--config", g.name)
+
+    def test_replay_file_that_is_not_a_capture_is_a_usage_error(self):
+        with tempfile.NamedTemporaryFile("wb", suffix=".cap", delete=False) as f:
+            f.write(b"RAWDATA\0\x7f\xff\xff\xffjunk")  # a size no frame can have
+        self.addCleanup(os.unlink, f.name)
+        code, out, err = run_twistd("-n", "--pidfile=", "minard", "--role=simulator",
+                                    "--replay", f.name, "--dispatcher-listen", "tcp:0",
+                                    "--data-listen", "tcp:0")
+        self.assertEqual(code, 1)
+        self.assertEqual(err.strip().splitlines(), [
+            "minard: error: --replay: frame size 2147483647 out of range 0..130000"])
+        self.assertNotIn("Traceback", err + out)
+
+
+class SubscriptionTests(unittest.TestCase):
+    def test_only_non_blocking_flags(self):
+        self.assertEqual(tap.subscription("w RAWDATA w RECHDR"), "w RAWDATA w RECHDR")
+        with self.assertRaises(tap.OptionError) as e:
+            tap.subscription("w RAWDATA a RECHDR")
+        self.assertIn("stalls the DAQ", str(e.exception))

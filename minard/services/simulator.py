@@ -7,6 +7,8 @@ from twisted.internet import endpoints
 
 from minard.sim.detector import SyntheticDetector
 from minard.sim.dispatcher import DetectorSource, DispatcherFactory, Feeder, ReplaySource
+from minard.tap import OptionError
+from minard.wire.controlhost import CorruptStream
 
 
 class FeederService(Service):
@@ -26,7 +28,10 @@ def make_service(options, reactor):
     service = MultiService()
     detector = SyntheticDetector(seed=options.get("seed"))
     if options.get("replay"):
-        source = ReplaySource(options["replay"], options["rate"])
+        try:
+            source = ReplaySource(options["replay"], options["rate"])
+        except (OSError, ValueError, CorruptStream) as e:  # not a --capture file
+            raise OptionError("--replay: %s" % (e,))
     else:
         source = DetectorSource(detector, options["rate"])
     factory = DispatcherFactory()
