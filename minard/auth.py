@@ -166,13 +166,20 @@ class Authenticator:
         return hashlib.sha256(data).digest()
 
     def cached(self, user, password):
-        """True if this pair was verified recently; None if a slow check is needed."""
+        """True if this pair was verified recently; None if a slow check is needed.
+
+        A hit keeps the pair remembered for another CACHE_SECONDS: a program posting every
+        few seconds never needs a slow check again while the file is unchanged (the key
+        includes the stored hash, so a changed password is never served from here)."""
         self._maybe_reload()
         stored = self.users.get(user)
         if stored is None:
             return None
-        expiry = self._cache.get(self._cache_key(user, password, stored))
-        if expiry is not None and expiry > self.clock():
+        key = self._cache_key(user, password, stored)
+        expiry = self._cache.get(key)
+        now = self.clock()
+        if expiry is not None and expiry > now:
+            self._cache[key] = now + CACHE_SECONDS
             return True
         return None
 

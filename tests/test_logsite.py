@@ -267,6 +267,28 @@ class RateLimitTests(LogServerMixin, unittest.TestCase):
         code, _, _ = yield self.post("/heartbeat", b"name=builder&status=ok")
         self.assertEqual(code, 200)
 
+    @defer.inlineCallbacks
+    def test_a_wrong_password_elsewhere_on_the_machine_does_not_lock_out_good_programs(self):
+        """One program on buffer1 with a wrong password (posting every second, as the
+        original client did) must not make every other buffer1 program's heartbeat stale."""
+        self.logsite.auth.clock = self.site_clock.seconds  # the auth cache on the test clock
+        # failed logins refill one per 5 s: the bad program (2 per 5 s) keeps it empty
+        self.logsite.failures = TokenBuckets(0.2, 2, self.site_clock.seconds)
+        code, _, _ = yield self.post("/heartbeat", b"name=builder&status=ok")
+        self.assertEqual(code, 200)
+        for _beat in range(2 * 300 // 5):  # ten minutes: past the auth cache lifetime
+            self.site_clock.advance(5)
+            for _ in range(2):
+                code, _, _ = yield self.post("/heartbeat", b"name=L2-client&status=ok",
+                                             authorization=basic("snoplus", "old-password"))
+                self.assertIn(code, (401, 429))
+            code, _, _ = yield self.post("/heartbeat", b"name=builder&status=ok")
+            self.assertEqual(code, 200)
+        # a guessed password is still throttled
+        code, _, _ = yield self.post("/heartbeat", b"name=builder&status=ok",
+                                     authorization=basic("snoplus", "guess"))
+        self.assertEqual(code, 429)
+
     def test_buckets_refill_and_are_bounded(self):
         now = [0.0]
         buckets = TokenBuckets(2.0, 3, lambda: now[0])

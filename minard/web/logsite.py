@@ -350,6 +350,10 @@ class LogSite:
         credentials = basic_credentials(request)
         if credentials is None:
             raise HTTPError(401, "authentication required", challenge)
+        if self.auth.cached(*credentials):
+            # verified recently: the failed logins of another program on the same machine
+            # (one with a wrong password) must not lock this one out
+            return
         if not self.failures.available(client):
             raise HTTPError(429, "too many failed logins", {b"retry-after": b"10"})
         ok = yield self.auth.check_deferred(*credentials)
