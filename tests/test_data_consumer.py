@@ -396,3 +396,22 @@ class OutageTests(ConsumerTestBase):
         # but the new pair is stored for the next record
         state = check("HGET", "cmos:state:0", "0").encode("utf-8", "surrogateescape")
         self.assertEqual(decode_slot_state(state)[0].tolist(), [100] * 32)
+
+
+class ProcessNameTests(unittest.TestCase):
+    """The stats name of a consumer worker (`minard:stats:<name>`)."""
+
+    def test_under_supervisord_the_name_survives_restarts(self):
+        options = {"port": 5557, "zmq": None}
+        env = {"SUPERVISOR_PROCESS_NAME": "data-consumer-cmos-1"}
+        self.assertEqual(data_consumer.process_name(options, env), "data-consumer-cmos-1")
+
+    def test_elsewhere_port_and_pid(self):
+        import os
+
+        options = {"port": 5558, "zmq": None}
+        self.assertEqual(data_consumer.process_name(options, {}),
+                         "data-consumer-5558-%d" % os.getpid())
+        odd = {"SUPERVISOR_PROCESS_NAME": "a b"}  # not a safe key part: ignored
+        self.assertEqual(data_consumer.process_name(options, odd),
+                         "data-consumer-5558-%d" % os.getpid())

@@ -431,9 +431,19 @@ def status_of(consumer):
     return "ok"
 
 
+def process_name(options, environ=os.environ):
+    """The name of this worker's stats (`minard:stats:<name>`). Under supervisord it is the
+    supervisord process name (data-consumer-cmos-0), the same after every restart, so
+    /metrics does not show a dead `...-<old pid>` process for an hour after each one;
+    elsewhere the port and the pid."""
+    supervised = environ.get("SUPERVISOR_PROCESS_NAME", "").strip()
+    if supervised and all(c.isalnum() or c in "-_." for c in supervised):
+        return supervised
+    return "data-consumer-%s-%d" % (urlsplit(address_for(options)).port, os.getpid())
+
+
 def make_service(options, reactor):
-    port = urlsplit(address_for(options)).port
-    process = "data-consumer-%s-%d" % (port, os.getpid())
+    process = process_name(options)
     base = ProcessBase(options, process, heartbeat_name="minard-data-consumer")
     consumer = DataConsumer(address_for(options), kinds_for(options), base.redis,
                             base.stats, reactor)
