@@ -114,6 +114,35 @@ class ProtocolTests(unittest.TestCase):
         self.assertEqual(self.stats.counters["subscribe_timeouts"], 1)
         p.connectionLost(None)
 
+    def test_one_error_per_incident_then_warnings(self):
+        """Each failed subscription is logged, but only the first since the last good one
+        at error level (forwarded to the log server, an error is an alarm)."""
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def levels():
+            return [e["log_level"] for e in events
+                    if "subscription" in e.get("log_format", "")]
+
+        for _ in range(3):  # a server that never answers
+            p, t = self.connect()
+            self.clock.advance(5.1)
+            p.connectionLost(None)
+        p, t = self.connect()  # one that refuses
+        p.dataReceived(ds.encode_response("too many subscriptions"))
+        p.connectionLost(None)
+        self.assertEqual(levels(), [LogLevel.error] + [LogLevel.warn] * 3)
+        p, t = self.connect()  # back to normal, then a new incident
+        p.dataReceived(ds.encode_response("OK"))
+        p.connectionLost(None)
+        p, t = self.connect()
+        self.clock.advance(5.1)
+        p.connectionLost(None)
+        self.assertEqual(levels()[-1], LogLevel.error)
+
     def test_records_without_reply_still_time_out(self):
         """A server that ignores the subscription (like the old test server) is retried,
         but what it sent is used."""

@@ -92,9 +92,9 @@ class DataServerProtocol(protocol.Protocol):
             return
         f.stats.incr("subscribe_errors")
         f.failures += 1
-        self.log.error("data server refused the subscription to {ids}: {message!r}; "
-                       "reconnecting", ids=", ".join(ds.record_name(i) for i in f.wanted),
-                       message=message)
+        f.complain("data server refused the subscription to {ids}: {message!r}; "
+                   "reconnecting", ids=", ".join(ds.record_name(i) for i in f.wanted),
+                   message=message)
         self.drop("subscription refused")
 
     def _no_reply(self):
@@ -102,8 +102,8 @@ class DataServerProtocol(protocol.Protocol):
         self._reply_timer = None
         f.stats.incr("subscribe_timeouts")
         f.failures += 1
-        self.log.error("data server did not answer the subscription within {t:g} s; "
-                       "reconnecting", t=f.subscribe_timeout)
+        f.complain("data server did not answer the subscription within {t:g} s; "
+                   "reconnecting", t=f.subscribe_timeout)
         self.drop("no subscription reply")
 
     def _silent(self):
@@ -150,6 +150,7 @@ class DataServerClientFactory(protocol.Factory):
         self.corruption = CorruptionLog(stats, clock=clock.seconds)
         self.connection = None
         self.failures = 0       # bad connections in a row: lengthens the retry delay
+        self.complained = False  # an error was logged since the last good subscription
         self.stats.set("connected", 0)
         self.stats.set("subscribed", 0)
 
@@ -164,8 +165,16 @@ class DataServerClientFactory(protocol.Factory):
         self.stats.set("connected", 1)
         self._notify("link_up", connection)
 
+    def complain(self, text, **kw):
+        """A failed subscription: an error the first time since the last good one (with a
+        [monitor] section, an error becomes one alarm), a warning on every retry after
+        (a wedged data server must not raise an alarm every 30 s)."""
+        (self.log.warn if self.complained else self.log.error)(text, **kw)
+        self.complained = True
+
     def subscribed(self, connection):
         self.failures = 0
+        self.complained = False
         self.stats.set("subscribed", 1)
         self.log.info("subscribed to {ids} on the data server",
                       ids=", ".join(ds.record_name(i) for i in self.wanted))
