@@ -1,0 +1,48 @@
+"""The Redis connection comes back by itself, whatever Redis answered meanwhile."""
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from minard.store.connection import connect, parse_redis_url
+from tests.support import RedisServer, SyncRedis
+
+
+class ParseTests(unittest.TestCase):
+    def test_url(self):
+        self.assertEqual(parse_redis_url("redis://:s%40cret@host:6380/2"),
+                         {"host": "host", "port": 6380, "db": 2, "password": "s@cret"})
+        self.assertEqual(parse_redis_url("redis://127.0.0.1"),
+                         {"host": "127.0.0.1", "port": 6379, "db": 0, "password": None})
+
+
+class ReconnectTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.server = RedisServer(password="right").start()
+        self.addCleanup(self.server.cleanup)
+
+    @defer.inlineCallbacks
+    def test_refused_auth_is_retried_not_abandoned(self):
+        """txredisapi alone stops for good after one failed AUTH (a restarting Redis
+        answers LOADING); minard's connection keeps trying until Redis accepts it."""
+        redis = connect("redis://:wrong@127.0.0.1:%d/1" % self.server.port, reply_timeout=5)
+        self.addCleanup(redis.disconnect)
+        yield task.deferLater(reactor, 1.5, lambda: None)   # at least one refused AUTH
+        SyncRedis(self.server.port, "right").command("CONFIG", "SET", "requirepass", "wrong")
+        result = yield redis.set("k", "v")
+        self.assertEqual(result, "OK")
+        self.assertEqual(SyncRedis(self.server.port, "wrong").command("SELECT", "1"), "OK")
+
+    @defer.inlineCallbacks
+    def test_restart_with_database_number(self):
+        redis = connect("redis://:right@127.0.0.1:%d/3" % self.server.port, reply_timeout=5)
+        self.addCleanup(redis.disconnect)
+        yield redis.set("a", "1")
+        self.server.stop()
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        self.server.start()
+        value = yield redis.get("a")  # waits for the reconnection (nothing was saved)
+        self.assertIsNone(value)
+        yield redis.set("b", "2")
+        sync = SyncRedis(self.server.port, "right")
+        self.assertEqual(sync.command("DBSIZE"), 0)  # db 0 untouched: written to db 3
