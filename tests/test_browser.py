@@ -290,3 +290,19 @@ class StaleBannerTests(unittest.TestCase):
                 self.wait(page, "document.querySelector('#v-rate').textContent === 'no data'")
                 self.shot(page, "stale")
             self.assertEqual(problems, [], path)
+
+    def test_no_data_is_not_zero(self):
+        """Rates of seconds nobody wrote are gaps, not zeros: the Graph page's latest
+        TOTAL rate is the last one stored (two minutes ago), and it counts only the
+        points that have data."""
+        page, problems = self.open("graph?name=TOTAL&range=15m")
+        self.wait(page, "document.querySelector('#graph-summary').textContent.includes('points')")
+        latest = page.locator("#graph-latest").inner_text()
+        self.assertNotEqual(latest, "0")
+        self.assertTrue(latest.endswith("k") or float(latest) > 100, latest)
+        summary = page.locator("#graph-summary").inner_text()
+        present = int(summary.split(" of ")[0])
+        self.assertTrue(700 <= present <= 800, summary)  # 900 s minus the last 120 s
+        self.assertNotIn("min 0 ", summary)
+        self.shot(page, "stale-graph")
+        self.assertEqual(problems, [])

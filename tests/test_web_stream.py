@@ -168,6 +168,38 @@ class StreamTests(SiteTestMixin, unittest.TestCase):
         self.assertEqual(pushed, [alarm])
 
 
+class SnapshotTests(SiteTestMixin, unittest.TestCase):
+    """What one /stream message says about the last seconds, against seeded Redis."""
+
+    @defer.inlineCallbacks
+    def test_previous_second_is_read_again(self):
+        s = 1_700_000_000
+        self.sync.command("HSET", "ts:1:%d:trig" % (s - 1), "TOTAL", "750", "10", "30")
+        self.sync.command("HSET", "ts:1:%d:trig:nhit" % (s - 1), "TOTAL", "7500", "10", "90")
+        self.sync.command("HSET", "ts:1:%d:trig" % s, "TOTAL", "1000", "run", "42")
+        self.sync.command("SET", "ts:1:%d:heartbeat" % s, "1")
+        snap = yield self.site.reads.stream_snapshot(s)
+        self.assertEqual((snap["time"], snap["rates"]["TOTAL"], snap["run"]), (s, 1000.0, "42"))
+        prev = snap["previous"]
+        self.assertEqual(prev["time"], s - 1)
+        self.assertTrue(prev["present"])
+        self.assertEqual(prev["rates"]["TOTAL"], 750.0)
+        self.assertEqual(prev["rates"]["PULGT"], 30.0)
+        self.assertEqual(prev["nhit"]["TOTAL"], 10.0)
+        self.assertEqual(prev["nhit"]["PULGT"], 3.0)
+        self.assertIsNone(prev["charge"]["TOTAL"])
+        # a pull worker flushes second s late: the next message corrects it
+        self.sync.command("HINCRBY", "ts:1:%d:trig" % s, "TOTAL", "250")
+        snap = yield self.site.reads.stream_snapshot(s + 1)
+        self.assertIsNone(snap["rates"]["TOTAL"])  # s + 1: nothing stored, no heartbeat
+        self.assertEqual((snap["previous"]["time"], snap["previous"]["rates"]["TOTAL"]),
+                         (s, 1250.0))
+        # before s - 1 there are no data at all: null, not zero
+        snap = yield self.site.reads.stream_snapshot(s - 1)
+        self.assertFalse(snap["previous"]["present"])
+        self.assertIsNone(snap["previous"]["rates"]["TOTAL"])
+
+
 class StalenessTests(unittest.TestCase):
     def test_staleness(self):
         s = staleness(1000.5, 998, 999, stale_after=10)

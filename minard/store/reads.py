@@ -456,17 +456,50 @@ class Reads:
         last_hist = (s + 1) // hist_interval - 1
         groups = [
             ("HGETALL", [keys.trig(1, s), keys.ts(1, s, "trig:nhit"),
-                         keys.ts(1, s, "trig:charge")], ()),
+                         keys.ts(1, s, "trig:charge"), keys.trig(1, s - 1),
+                         keys.ts(1, s - 1, "trig:nhit"), keys.ts(1, s - 1, "trig:charge")],
+             ()),
             ("GET", [keys.DISPATCHER, keys.ALARMS_COUNT], ()),
             ("HMGET", [keys.trig(1, s - k) for k in look], ["TOTAL"]),
             ("GET", [keys.pull_heartbeat(1, s - k) for k in look], ()),
             ("HGETALL", [keys.nhit_hist(hist_interval, last_hist - k) for k in (1, 0)], ()),
         ]
         trig, meta, totals, beats, hists = yield self.batch(groups)
-        counts, nhits, charges = (_pairs(h) for h in trig)
-        # A second with a pull-worker heartbeat but no trig hash had no events: rate 0.
-        # Without either there are no data for it (null), which is not the same as zero.
-        present = bool(counts) or beats[0] is not None
+        counts = _pairs(trig[0])
+        current = self._second_values(s, trig[0:3], beats[0])
+        # The second before, again: a worker whose flush was late (a loaded machine) is
+        # in it now, so the pages can correct what they drew from the last message.
+        previous = self._second_values(s - 1, trig[3:6], beats[1])
+        last_events = next((s - k for k, v in zip(look, totals)
+                            if v and (_number(v[0]) or 0) > 0), None)
+        last_beat = next((s - k for k, v in zip(look, beats) if v is not None), None)
+        hist = self.sum_hists(hists)
+        hist.update({"seconds": 2 * hist_interval, "start": (last_hist - 1) * hist_interval,
+                     "stop": (last_hist + 1) * hist_interval})
+        alarm_count = _number(meta[1])
+        out = {"time": s}
+        out.update(current)
+        out.update({
+            "previous": previous,
+            "run": counts.get("run"),
+            "subrun": counts.get("subrun"),
+            "gtid": counts.get("gtid"),
+            "dispatcher": meta[0],
+            "last_events": last_events,
+            "last_heartbeat": last_beat,
+            "nhit_hist": hist,
+            "alarm_count": None if alarm_count is None else int(alarm_count),
+        })
+        return out
+
+    @staticmethod
+    def _second_values(second, hashes, beat):
+        """{"time", "present", "rates", "nhit", "charge"} of one 1-s bucket.
+
+        A second with a pull-worker heartbeat but no trig hash had no events: rate 0.
+        Without either there are no data for it (null), which is not the same as zero."""
+        counts, nhits, charges = (_pairs(h) for h in hashes)
+        present = bool(counts) or beat is not None
         rates = {}
         for name in ("TOTAL",) + TRIGGERS:
             c = _number(counts.get(field_of(name)))
@@ -478,25 +511,5 @@ class Reads:
                 n = _number(counts.get(field_of(name)))
                 v = _number(sums.get(field_of(name)))
                 means[label][name] = v / n if n and v is not None else None
-        last_events = next((s - k for k, v in zip(look, totals)
-                            if v and (_number(v[0]) or 0) > 0), None)
-        last_beat = next((s - k for k, v in zip(look, beats) if v is not None), None)
-        hist = self.sum_hists(hists)
-        hist.update({"seconds": 2 * hist_interval, "start": (last_hist - 1) * hist_interval,
-                     "stop": (last_hist + 1) * hist_interval})
-        alarm_count = _number(meta[1])
-        return {
-            "time": s,
-            "present": present,
-            "rates": rates,
-            "nhit": means["nhit"],
-            "charge": means["charge"],
-            "run": counts.get("run"),
-            "subrun": counts.get("subrun"),
-            "gtid": counts.get("gtid"),
-            "dispatcher": meta[0],
-            "last_events": last_events,
-            "last_heartbeat": last_beat,
-            "nhit_hist": hist,
-            "alarm_count": None if alarm_count is None else int(alarm_count),
-        }
+        return {"time": second, "present": present, "rates": rates,
+                "nhit": means["nhit"], "charge": means["charge"]}

@@ -258,7 +258,8 @@ class Site:
         if not name:
             raise BadRequest("missing name (e.g. graph?name=TOTAL)")
         parse_expressions(name)  # a bad name is a 400 page, not a broken chart
-        return "graph.html", {"page": "graph", "title": name, "name": name}
+        masked = name == "TOTAL" or name in C.TRIGGERS  # rates the pull workers write
+        return "graph.html", {"page": "graph", "title": name, "name": name, "masked": masked}
 
     @app.route("/l2", methods=["GET", "HEAD"])
     @page_route

@@ -23,8 +23,10 @@ from zope.interface import implementer
 from minard.constants import (STALE_AFTER, STALE_LOOKBACK, STREAM_DROP_AFTER,
                               STREAM_INTERVAL, STREAM_MAX_CLIENTS, STREAM_SNDBUF)
 
-#: Ticks happen this far into each second, so the second just ended is flushed by then.
-TICK_PHASE = 0.6
+#: Ticks happen this far into each second, so the second just ended is flushed by then
+#: (pull workers flush 0.3-0.5 s after a second ends, plus their Redis round trip; a late
+#: one is caught by the message's `previous`, the second before read again).
+TICK_PHASE = 0.85
 #: New alarms carried by one message at most (the Alarms page fetches the rest itself).
 ALARMS_PER_MESSAGE = 100
 RETRY_MS = 2000

@@ -2,6 +2,10 @@
 (function () {
   "use strict";
   var name = document.getElementById("graph").dataset.name;
+  /* A trigger rate (or TOTAL) is read with the pull-worker heartbeat and TOTAL: a bucket
+     with neither has no data (null, a gap), which is not a rate of zero. */
+  var masked = document.getElementById("graph").dataset.masked === "1";
+  var exprs = masked ? [name].concat(["heartbeat", "TOTAL"].filter(function (e) { return e !== name; })) : [name];
   var isRaw = ["gtid", "run", "subrun", "heartbeat", "l2-heartbeat", "L2:gtid", "L2:run"].indexOf(name) >= 0;
   var fmt = isRaw ? Minard.fmtInt : Minard.fmtSI;
   var chart = Minard.chart(document.getElementById("graph-chart"), {
@@ -18,15 +22,18 @@
   function load(w) {
     var mine = ++generation;
     if (timer) { clearTimeout(timer); timer = null; }
-    Minard.getJSON("metric?" + Minard.query({ expr: name, start: w.start, stop: w.stop, step: w.step,
-                                             now: Minard.nowSeconds() })).then(function (answer) {
+    Minard.getJSON("metric?" + Minard.query({ expr: exprs.join(","), start: w.start, stop: w.stop,
+                                             step: w.step, now: Minard.nowSeconds() })).then(function (answer) {
       if (mine !== generation) { return; }
-      var xs = [], ys = (answer.values || []).map(function (v) {
-        if (v === null) { return null; }
-        var x = parseFloat(v);
-        return isFinite(x) ? x : null;
-      });
+      var values = masked ? answer.values || {} : { main: answer.values };
+      var ys = (values[masked ? name : "main"] || []).map(Minard.num);
+      var xs = [];
       for (var t = w.start; t < w.stop; t += w.step) { xs.push(t); }
+      if (masked) {
+        var beat = values.heartbeat || [], total = (values.TOTAL || []).map(Minard.num);
+        ys = ys.map(function (v, i) { return beat[i] === null && !(total[i] > 0) ? null : v; });
+      }
+      if (w.live && Minard.isRate(name)) { Minard.dropPartial(xs, ys, w.step, Minard.nowSeconds()); }
       chart.setData([xs, ys]);
       var present = ys.filter(function (v) { return v !== null; });
       if (!present.length) {

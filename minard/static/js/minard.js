@@ -268,6 +268,39 @@
     }
   };
 
+  /* A value from JSON (number or numeric string) as a finite number, else null. */
+  function num(v) {
+    if (v === null || v === undefined) { return null; }
+    var x = typeof v === "number" ? v : parseFloat(v);
+    return isFinite(x) ? x : null;
+  }
+
+  /* -- which points of a series are not final yet ------------------------------------ */
+  /* /metric reads, per point, the bucket of the largest interval I (1, 2, 4 ... 65536 s)
+   * <= step that holds the point's time. A rate of a bucket that has not ended, or whose
+   * second was not flushed by every pull worker yet, is too low: the last point of every
+   * live chart dipped. Rates are counts / I; means (X-nhit, X-charge) and raw values (gtid,
+   * run ...) of a partial bucket are fine. */
+  var FLUSH_MARGIN = 1.5; // s after a second ends until every pull worker has flushed it
+  var RAW_EXPRS = ["gtid", "run", "subrun", "heartbeat", "l2-heartbeat", "L2:gtid", "L2:run"];
+  function intervalFor(step) {
+    var i = 1;
+    while (i * 2 <= step && i < 65536) { i *= 2; }
+    return i;
+  }
+  function isRate(expr) {
+    return RAW_EXPRS.indexOf(expr) < 0 && !/-(nhit|charge|Baseline)$/.test(expr);
+  }
+  /* Set to null the points of ys (at times xs, window step) whose bucket is not final. */
+  function dropPartial(xs, ys, step, now) {
+    var interval = intervalFor(step), until = now - FLUSH_MARGIN;
+    for (var i = xs.length - 1; i >= 0; i--) {
+      if (Math.floor(xs[i] / interval) * interval + interval <= until) { break; }
+      ys[i] = null;
+    }
+    return ys;
+  }
+
   /* -- charts (uPlot) ---------------------------------------------------------------- */
   var PALETTE = ["#4fb3ff", "#f2a93b", "#5cd17a", "#e5534b", "#b083f0", "#39c5bb", "#e6cc4c", "#f778ba"];
 
@@ -438,6 +471,10 @@
     fmtAge: fmtAge,
     fmtTime: fmtTime,
     parseTime: parseTime,
+    num: num,
+    intervalFor: intervalFor,
+    isRate: isRate,
+    dropPartial: dropPartial,
     stream: stream,
     timeRange: timeRange,
     chart: chart,

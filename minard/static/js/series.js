@@ -13,11 +13,7 @@
 (function () {
   "use strict";
 
-  function num(v) {
-    if (v === null || v === undefined) { return null; }
-    var x = typeof v === "number" ? v : parseFloat(v);
-    return isFinite(x) ? x : null;
-  }
+  var num = Minard.num;
 
   function SeriesPanels(opts) {
     var self = this;
@@ -104,7 +100,11 @@
       self.xs = [];
       for (var t = w.start; t < w.stop; t += w.step) { self.xs.push(t); }
       self.ys = {};
-      self.exprs.forEach(function (e) { self.ys[e] = (values[e] || []).map(num); });
+      var now = Minard.nowSeconds();
+      self.exprs.forEach(function (e) {
+        self.ys[e] = (values[e] || []).map(num);
+        if (w.live && Minard.isRate(e)) { Minard.dropPartial(self.xs, self.ys[e], w.step, now); }
+      });
       self.applyMask(0);
       self.draw();
       self.setState("");
@@ -144,6 +144,11 @@
     var w = this.window;
     if (!w || !w.live || w.step !== 1 || !this.opts.live || msg.time === undefined || !this.xs.length) { return; }
     var last = this.xs[this.xs.length - 1];
+    if (msg.previous && msg.previous.time !== undefined) {
+      // the second before, read again: complete now even if a worker flushed it late
+      var kp = this.xs.indexOf(msg.previous.time);
+      if (kp >= 0) { this._put(msg.previous, kp); }
+    }
     if (msg.time <= last) {
       // history already has this second (possibly before every worker flushed it): refresh it
       var k = this.xs.indexOf(msg.time);
@@ -200,5 +205,4 @@
   };
 
   Minard.SeriesPanels = SeriesPanels;
-  Minard.num = num;
 }());

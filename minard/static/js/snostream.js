@@ -6,18 +6,25 @@
                 "PULGT-nhit": ["nhit", "PULGT"], "PULGT-charge": ["charge", "PULGT"] };
   var NOT_RATES = ["run", "subrun", "gtid", "heartbeat"].concat(Object.keys(MEANS));
 
+  /* msg: a /stream message, or its `previous` (the second before, read again: rates and
+     means only, so everything else is left as it is: undefined). */
   function live(msg, expr) {
     if (msg.error) { return null; }
-    if (expr === "heartbeat") { return msg.last_heartbeat === msg.time ? 1 : null; }
+    if (expr === "heartbeat") {
+      if (msg.last_heartbeat === undefined) { return undefined; }
+      return msg.last_heartbeat === msg.time ? 1 : null;
+    }
     if (expr === "run" || expr === "subrun" || expr === "gtid") { return msg[expr]; }
     if (MEANS[expr]) { var m = MEANS[expr]; return msg[m[0]] ? msg[m[0]][m[1]] : null; }
     return msg.rates ? msg.rates[expr] : undefined;
   }
 
-  /* A rate of 0 in a bucket without any pull-worker heartbeat is "no data", not zero. */
+  /* A rate of 0 in a bucket without any pull-worker heartbeat is "no data", not zero.
+     A bucket with events is data even when its heartbeat key is gone (Redis evicts
+     expiring keys when it is full). */
   function mask(ys, from) {
-    var beat = ys.heartbeat || [], out = {}, m = [];
-    for (var i = from; i < beat.length; i++) { m.push(beat[i] === null); }
+    var beat = ys.heartbeat || [], total = ys.TOTAL || [], out = {}, m = [];
+    for (var i = from; i < beat.length; i++) { m.push(beat[i] === null && !(total[i] > 0)); }
     Object.keys(ys).forEach(function (e) { if (NOT_RATES.indexOf(e) < 0) { out[e] = m; } });
     return out;
   }
