@@ -106,3 +106,37 @@ class WorkerTroubleTests(unittest.TestCase):
             consumer.on_message([b"x", b"y"])
         self.assertEqual(consumer.stats.counters["corrupt_undecodable_message"], 30)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class OneFailure:
+    """An event store that fails the first flush (Redis away), then works."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def flush(self, payload):
+        self.calls += 1
+        if self.calls == 1:
+            return defer.fail(ConnectionError("Lost connection"))
+        return defer.succeed(1)
+
+
+class PullStatusTests(unittest.TestCase):
+    """The pull worker's heartbeat status says when its seconds do not reach Redis."""
+
+    def test_status_follows_flush_failures(self):
+        from minard.services.dispatch_pull import status_of
+
+        clock = task.Clock()
+        clock.advance(T0)
+        worker = PullWorker("dispatch-pull-2", "unused", OneFailure(), Stats("w"), clock)
+        self.assertEqual(status_of(worker), "ok")
+        clock.advance(2)
+        worker.tick()
+        self.assertEqual(worker.flush_failures, 1)
+        self.assertTrue(status_of(worker).startswith(
+            "dispatch-pull-2: cannot write to Redis (1 flushes failed in a row"))
+        for _ in range(10):
+            clock.advance(1)
+            worker.tick()
+        self.assertEqual(status_of(worker), "ok")

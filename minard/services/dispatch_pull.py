@@ -54,6 +54,7 @@ class PullWorker(Service):
         self.in_flight = None
         self.last_closed = None
         self.retry_at = 0.0
+        self.flush_failures = 0        # in a row (the heartbeat status says so)
         self.link = None
         self._ticker = None
         self._flush_ids = itertools.count()
@@ -149,6 +150,7 @@ class PullWorker(Service):
 
         def applied(result):
             self.in_flight = None
+            self.flush_failures = 0
             if self.pending and self.pending[0][2] is payload:
                 self.pending.pop(0)
             self.stats.incr("flushes")
@@ -163,6 +165,7 @@ class PullWorker(Service):
 
         def failed(failure):
             self.in_flight = None
+            self.flush_failures += 1
             self.stats.incr("flush_errors")
             self.retry_at = self.clock.seconds() + RETRY_DELAY
             self.corruption.trouble("flush_failed", failure.getErrorMessage())
@@ -214,10 +217,27 @@ class PullWorker(Service):
                 n=len(self.pending), e=lost)
 
 
+#: More pending seconds than this (normally 0 or 1) is reported in the heartbeat status.
+BEHIND_SECONDS = 5
+
+
+def status_of(worker):
+    """The heartbeat text: ok, or why the seconds this worker aggregates are not in Redis
+    (the log server may still reach Redis when this worker's writes fail)."""
+    if worker.flush_failures:
+        return "%s: cannot write to Redis (%d flushes failed in a row, %d seconds waiting)" % (
+            worker.name, worker.flush_failures, len(worker.pending))
+    if len(worker.pending) > BEHIND_SECONDS:
+        return "%s: behind, %d seconds waiting to be written to Redis" % (
+            worker.name, len(worker.pending))
+    return "ok"
+
+
 def make_service(options, reactor):
     name = options["name"]
     base = ProcessBase(options, name, heartbeat_name="minard-dispatch-pull")
     worker = PullWorker(name, options["zmq"], EventStore(base.redis), base.stats,
                         reactor, finaliser=Finaliser(base.redis))
+    base.status = lambda: status_of(worker)
     worker.setServiceParent(base.service)
     return base.service
