@@ -46,6 +46,17 @@ class Stats:
         return values
 
 
+#: The hash is replaced, not updated: a restarted process (same name) must not show the
+#: counters of its previous life next to its own (HMSET kept them, e.g. an old
+#: dropped_events that the new process never had).
+REPLACE_SCRIPT = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 class StatsPublisher(TimerService):
     """Writes a Stats snapshot to Redis every second; errors are logged, never raised."""
 
@@ -61,9 +72,10 @@ class StatsPublisher(TimerService):
         if self._pending is not None:  # Redis is slow or away: do not pile up writes
             return
         key = keys.stats(self.stats.process)
-        values = self.stats.snapshot()
-        d = self._pending = self.redis.hmset(key, values)
-        d.addCallback(lambda _: self.redis.expire(key, STATS_TTL))
+        args = [str(STATS_TTL)]
+        for name, value in self.stats.snapshot().items():
+            args += [name, str(value)]
+        d = self._pending = self.redis.eval(REPLACE_SCRIPT, [key], args)
         d.addErrback(self._failed)
         d.addBoth(self._done)  # may run at once: _pending is set before
 

@@ -6,7 +6,9 @@ from twisted.trial import unittest
 
 from minard.services.data_consumer import DataConsumer
 from minard.services.dispatch_pull import PullWorker
-from minard.stats import CorruptionLog, Stats
+from minard.stats import CorruptionLog, Stats, StatsPublisher
+from minard.store.connection import connect
+from tests.support import RedisTestMixin, wait_for
 
 T0 = 1_700_000_000
 
@@ -140,3 +142,29 @@ class PullStatusTests(unittest.TestCase):
             clock.advance(1)
             worker.tick()
         self.assertEqual(status_of(worker), "ok")
+
+
+class PublisherTests(RedisTestMixin, unittest.TestCase):
+    """minard:stats:<process> against a real Redis."""
+
+    def setUp(self):
+        RedisTestMixin.setUp(self)
+        self.redis = connect(self.redis_server.url)
+        self.addCleanup(self.redis.disconnect)
+
+    @defer.inlineCallbacks
+    def test_a_restarted_process_does_not_show_its_previous_counters(self):
+        # what the previous process of the same name left (its last snapshot)
+        self.sync.command("HSET", "minard:stats:dispatch-pull-0", "dropped_events", "5000",
+                          "records", "99999")
+        stats = Stats("dispatch-pull-0")
+        stats.incr("records", 7)
+        publisher = StatsPublisher(stats, self.redis)
+        publisher.publish()
+        yield wait_for(lambda: publisher._pending is None)
+        stored = self.sync.hgetall("minard:stats:dispatch-pull-0")
+        self.assertEqual(stored["records"], "7")
+        self.assertNotIn("dropped_events", stored)
+        self.assertIn("updated", stored)
+        ttl = self.sync.command("TTL", "minard:stats:dispatch-pull-0")
+        self.assertTrue(3500 < ttl <= 3600, ttl)
