@@ -258,6 +258,57 @@ class BrowserTests(unittest.TestCase):
             # nothing from Redis or a log was inserted as HTML
             self.assertEqual(page.locator("main b, main script").count(), 0, name)
 
+    def test_absolute_time_range(self):
+        """The from/to fields take 24-hour UTC times as the site writes them; a bad one is
+        marked, not sent."""
+        page, problems = self.open("graph?name=TOTAL-nhit&range=1h")
+        self.wait(page, "document.querySelector('#graph-summary').textContent.includes('points')")
+        page.select_option("#tr-range", "custom")
+        page.wait_for_url("**start=*")
+        shown = page.locator("#tr-start").input_value()
+        self.assertRegex(shown, r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
+        now = int(time.time())
+        fmt = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))  # noqa: E731
+        page.fill("#tr-start", "yesterday")
+        page.locator("#tr-abs button[type=submit]").click()
+        page.wait_for_timeout(300)
+        self.assertIn("invalid", page.locator("#tr-start").get_attribute("class"))
+        page.fill("#tr-start", fmt(now - 600))
+        page.fill("#tr-stop", fmt(now - 300))
+        page.locator("#tr-abs button[type=submit]").click()
+        page.wait_for_url("**start=%s*" % time.strftime("%Y-%m-%dT%H%%3A%M%%3A%S", time.gmtime(now - 600)))
+        self.wait(page, "document.querySelector('#graph-summary').textContent"
+                        ".startsWith('300 of 300 points (1 s each)')")
+        self.assertEqual(page.locator("#tr-stop").input_value(), fmt(now - 300))
+        self.assertEqual(problems, [])
+
+    def test_alarm_badge_on_every_page(self):
+        """A new alarm of level >= 40 shows on the Alarms link of any page until it is
+        acknowledged on the Alarms page."""
+        import datetime
+        import json
+        from tests.support import SyncRedis
+        sync = SyncRedis(self.redis.port)
+        when = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+        alarm = {"id": 30, "level": 40, "message": "xl3 - crate 9 <b>lost</b>", "time": when}
+        sync.command("SET", "alarms:30", json.dumps(alarm), "EX", 600)
+        sync.command("SET", "alarms:count", "31")
+        self.addCleanup(sync.command, "DEL", "alarms:30")  # it would ring on other tests' pages
+        page, problems = self.open("detector")
+        self.wait(page, "(b => b !== null && !b.hidden)(document.querySelector('#alarm-badge'))")
+        self.assertEqual(page.locator("#alarm-badge").inner_text(), "1")
+        self.shot(page, "alarm-badge")
+        page.locator('.nav a[href$="alarms"]').click()
+        page.wait_for_url("**/alarms")
+        self.wait(page, "document.querySelectorAll('#alarms tr').length >= 31")
+        page.locator("#ack-all").click()
+        self.wait(page, "(b => b !== null && b.hidden)(document.querySelector('#alarm-badge'))")
+        page.goto(self.base + "snostream")
+        page.wait_for_timeout(1500)
+        self.assertTrue(page.locator("#alarm-badge").is_hidden())
+        # the Alarms page may warn that the browser blocked its sound (no click yet)
+        self.assertEqual([p for p in problems if "AudioContext" not in p], [])
+
     def test_wall_screen_and_laptop(self):
         for width, height, name in ((3840, 2160, "wall"), (1280, 800, "laptop")):
             page, problems = self.open("snostream", width=width, height=height)

@@ -104,7 +104,11 @@
   function staleText(msg) {
     var s = msg.stale || {};
     if (!s.stale) { return null; }
-    return "STALE DATA — " + (s.reason || "no recent data") + ". Values shown are old, not zero.";
+    var text = "STALE DATA — " + (s.reason || "no recent data");
+    if (!msg.error && msg.dispatcher === null) { text += "; dispatcher not connected"; }
+    if (s.severe) { return text + ". Values shown are the last received, not current."; }
+    // the pull workers are alive: what they count now is really nothing
+    return text + ". The pull workers are running: rates of 0 are real (no events arrive).";
   }
 
   function onMessage(e) {
@@ -147,18 +151,69 @@
     last: function () { return last; }
   };
 
+  /* -- unacknowledged alarms of level >= 40: a badge on the Alarms link of every page -- */
+  /* A shifter watching the Stream page sees that an alarm came. Alarms come from
+   * get_alarm (once) and then /stream; acknowledgements are those of the Alarms page
+   * (alarms.js keeps them in localStorage as "id@time"). */
+  var ALARM_ACK_KEY = "minard.alarms.acked", DANGER = 40, ALARM_LIFE_MS = 86400 * 1000;
+  var dangerAlarms = {}; // "id@time" -> time (ms)
+  var alarmLink = document.querySelector('.nav a[href$="alarms"]');
+  var alarmBadge = null;
+  function ackedAlarms() {
+    try {
+      var v = JSON.parse(window.localStorage.getItem(ALARM_ACK_KEY));
+      return Array.isArray(v) ? v : [];
+    } catch (e) { return []; }
+  }
+  function showAlarmBadge() {
+    if (!alarmLink) { return; }
+    var acked = {}, now = Date.now();
+    ackedAlarms().forEach(function (k) { acked[k] = true; });
+    var open = Object.keys(dangerAlarms).filter(function (k) {
+      return !acked[k] && now - dangerAlarms[k] < ALARM_LIFE_MS;
+    }).length;
+    if (!alarmBadge) {
+      alarmBadge = el("span", "alarm-badge");
+      alarmBadge.id = "alarm-badge";
+      alarmLink.appendChild(alarmBadge);
+    }
+    setText(alarmBadge, open || "");
+    alarmBadge.hidden = !open;
+    alarmLink.title = open ? open + " unacknowledged alarm" + (open === 1 ? "" : "s") + " of level ≥ 40" : "";
+  }
+  function noteAlarms(alarms) {
+    (alarms || []).forEach(function (a) {
+      var t = a ? Date.parse(a.time) : NaN;
+      if (a && Number(a.level) >= DANGER && !isNaN(t)) { dangerAlarms[a.id + "@" + a.time] = t; }
+    });
+    showAlarmBadge();
+  }
+  if (alarmLink) {
+    getJSON("get_alarm?start=-100").then(function (r) { noteAlarms(r.alarms); }, function () {});
+    listeners.push(function (msg) { if (msg.alarms && msg.alarms.length) { noteAlarms(msg.alarms); } });
+    setInterval(showAlarmBadge, 2000); // acknowledged on the Alarms page (here or in another tab)
+  }
+
   /* -- time range (kept in the URL) -------------------------------------------------- */
   var POINTS = 900; // points per chart; the server allows at most 10000
 
+  /* Unix seconds, or an ISO-8601 time ("2016-04-18 12:00:00", "...T12:00:00.000Z");
+     without a zone it is UTC, as everything on the site. */
   function parseTime(text) {
-    if (text === null || text === undefined || text === "") { return null; }
+    if (text === null || text === undefined) { return null; }
+    text = String(text).trim();
+    if (text === "") { return null; }
     if (/^-?\d+(\.\d+)?$/.test(text)) { return parseFloat(text); }
-    var t = Date.parse(/[zZ]|[+-]\d\d:?\d\d$/.test(text) ? text : text + "Z");
+    var m = /^(\d{4}-\d\d-\d\d)(?:[T ](\d\d:\d\d(?::\d\d(?:\.\d+)?)?))?\s*([zZ]|[+-]\d\d:?\d\d)?$/.exec(text);
+    if (!m) { return null; }
+    var zone = m[3] ? (m[3] === "z" ? "Z" : m[3]) : "Z";
+    if (zone.length === 5) { zone = zone.slice(0, 3) + ":" + zone.slice(3); }
+    var t = Date.parse(m[1] + "T" + (m[2] || "00:00:00") + zone);
     return isNaN(t) ? null : t / 1000;
   }
 
-  function isoLocalInput(unix) { // value of an <input type=datetime-local>, in UTC
-    return new Date(unix * 1000).toISOString().slice(0, 19);
+  function isoLocalInput(unix) { // the value of the from/to fields: UTC, 24 hours
+    return new Date(unix * 1000).toISOString().slice(0, 19).replace("T", " ");
   }
 
   var timeRange = {
@@ -224,8 +279,11 @@
         sel.value = "custom";
         abs.hidden = false;
         liveBtn.hidden = false;
-        document.getElementById("tr-start").value = isoLocalInput(w.start);
-        document.getElementById("tr-stop").value = isoLocalInput(w.stop);
+        ["tr-start", "tr-stop"].forEach(function (id, i) {
+          var field = document.getElementById(id);
+          field.value = isoLocalInput(i ? w.stop : w.start);
+          field.classList.remove("invalid");
+        });
       }
     },
     /* Set up the control and call fn(window) now and on every change. */
@@ -245,8 +303,11 @@
         });
         document.getElementById("timerange").addEventListener("submit", function (e) {
           e.preventDefault();
-          var s = parseTime(document.getElementById("tr-start").value);
-          var t = parseTime(document.getElementById("tr-stop").value);
+          var startField = document.getElementById("tr-start"), stopField = document.getElementById("tr-stop");
+          var s = parseTime(startField.value);
+          var t = parseTime(stopField.value);
+          startField.classList.toggle("invalid", s === null);
+          stopField.classList.toggle("invalid", t === null || (s !== null && t <= s));
           if (s !== null && t !== null && t > s) { self.zoom(s, t); }
         });
         document.getElementById("tr-live").addEventListener("click", function () {
@@ -291,12 +352,18 @@
   function isRate(expr) {
     return RAW_EXPRS.indexOf(expr) < 0 && !/-(nhit|charge|Baseline)$/.test(expr);
   }
-  /* Set to null the points of ys (at times xs, window step) whose bucket is not final. */
+  /* Fix the rate points of ys (at times xs, window step) whose bucket is not final: the
+     server divided the count by the whole interval; divide by the seconds the bucket has
+     been filled instead. Under PARTIAL_MIN s filled (where one second more or less than
+     the estimate is more than a few per cent) the point is left out: no data yet. */
+  var PARTIAL_MIN = 16;
   function dropPartial(xs, ys, step, now) {
-    var interval = intervalFor(step), until = now - FLUSH_MARGIN;
+    var interval = intervalFor(step), filled = now - FLUSH_MARGIN;
     for (var i = xs.length - 1; i >= 0; i--) {
-      if (Math.floor(xs[i] / interval) * interval + interval <= until) { break; }
-      ys[i] = null;
+      var begin = Math.floor(xs[i] / interval) * interval;
+      if (begin + interval <= filled) { break; }
+      var seconds = filled - begin;
+      ys[i] = seconds >= PARTIAL_MIN && ys[i] !== null ? ys[i] * interval / seconds : null;
     }
     return ys;
   }
