@@ -404,8 +404,8 @@ class LocalSystemEndToEnd(unittest.TestCase):
         self.assertEqual(self.nginx("/monitoring/log", data=big,
                                     auth=(deploy.MONITOR_USER, password))[0], 413)
         # every minard process posts its heartbeat with the [monitor] credentials
-        for name in ("minard-dispatch-pull", "minard-dispatch-push", "minard-web",
-                     "minard-data-producer", "minard-data-consumer"):
+        for name in ("dispatch-pull-0", "dispatch-pull-3", "minard-dispatch-push", "minard-web",
+                     "minard-data-producer", "data-consumer-cmos-1", "data-consumer-base-0"):
             poll(lambda: json.loads(self.nginx("/monitoring/get_status?name=" + name)[2])
                  ["status"] == "ok", 20, "heartbeat of " + name)
 

@@ -444,7 +444,7 @@ def process_name(options, environ=os.environ):
 
 def make_service(options, reactor):
     process = process_name(options)
-    base = ProcessBase(options, process, heartbeat_name="minard-data-consumer")
+    base = ProcessBase(options, process, heartbeat_name=process)
     consumer = DataConsumer(address_for(options), kinds_for(options), base.redis,
                             base.stats, reactor)
     base.status = lambda: status_of(consumer)

@@ -235,7 +235,7 @@ def status_of(worker):
 
 def make_service(options, reactor):
     name = options["name"]
-    base = ProcessBase(options, name, heartbeat_name="minard-dispatch-pull")
+    base = ProcessBase(options, name, heartbeat_name=name)
     worker = PullWorker(name, options["zmq"], EventStore(base.redis), base.stats,
                         reactor, finaliser=Finaliser(base.redis))
     base.status = lambda: status_of(worker)
