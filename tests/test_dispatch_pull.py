@@ -155,3 +155,32 @@ class PullWorkerTests(RedisTestMixin, unittest.TestCase):
         self.assertEqual(w.stats.counters["corrupt_message_without_records"], 1)
         self.assertEqual(w.stats.counters["corrupt_bad_receipt_stamp"], 1)
         self.assertEqual(w.stats.counters["corrupt_short_header"], 1)
+
+
+class FinaliseCatchUpTests(RedisTestMixin, unittest.TestCase):
+    def setUp(self):
+        RedisTestMixin.setUp(self)
+        self.redis = connect(self.redis_server.url)
+        self.addCleanup(self.redis.disconnect)
+
+    @defer.inlineCallbacks
+    def test_backlog_finalises_every_bucket(self):
+        """After an outage the queued seconds drain in order, and each 5-s bucket is
+        finalised once its seconds are in — not only the bucket due by the wall clock."""
+        from minard.store.finalise import Finaliser
+        clock = task.Clock()
+        start = (T0 // 5) * 5
+        clock.advance(start)
+        w = PullWorker("w", "unused", EventStore(self.redis), Stats("w"), clock,
+                       finaliser=Finaliser(self.redis))
+        for s in range(30):  # 30 s of events, all queued before Redis is reached
+            w.on_message(message(start + s, [(1, 1, 1, 1, [(2, 3, 4, 100)])]))
+        clock.advance(40)
+        w.close_seconds(start + 35)
+        while w.pending or w.in_flight:
+            yield w.in_flight or w.pump()
+        yield task.deferLater(__import__("twisted.internet.reactor").internet.reactor,
+                              0.2, lambda: None)
+        for b in range(start // 5, start // 5 + 6):
+            occupancy = self.sync.hgetall("ts:5:%d:occupancy" % b)
+            self.assertEqual(occupancy, {str(2 << 9 | 3 << 5 | 4): "1"}, b)

@@ -159,7 +159,7 @@ class PullWorker(Service):
                 self.stats.incr("flushes_repeated")
             latency = (time.monotonic() - started) * 1000
             self.stats.set("flush_latency_ms", round(latency, 3))
-            self._finalise()
+            self._finalise(second)
             if not self._stopping:
                 self.pump()
 
@@ -174,10 +174,13 @@ class PullWorker(Service):
         d.addErrback(lambda f: self.log.failure("flush bookkeeping failed", f))
         return d
 
-    def _finalise(self):
+    def _finalise(self, flushed_second):
+        """Finalise what is due as of the second just flushed (not the wall clock): while a
+        backlog drains after an outage, every bucket then gets its turn, once its data
+        are in, instead of being skipped or finalised from part of its data."""
         if self.finaliser is None:
             return
-        d = self.finaliser.finalise_due("occupancy", "ratio", int(self.clock.seconds()))
+        d = self.finaliser.finalise_due("occupancy", "ratio", flushed_second + 1)
         d.addErrback(lambda f: self.stats.incr("finalise_errors"))
 
     @defer.inlineCallbacks
