@@ -282,6 +282,23 @@ class BrowserTests(unittest.TestCase):
         self.assertEqual(page.locator("#tr-stop").input_value(), fmt(now - 300))
         self.assertEqual(problems, [])
 
+    def test_stream_comes_back_after_http_errors(self):
+        """Through nginx a restarting web process answers /stream with 502, after which
+        a browser's EventSource never retries by itself: the page must open it again."""
+        context = self.browser.new_context(viewport={"width": 1280, "height": 800})
+        self.addCleanup(context.close)
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.route("**/stream", lambda route: route.fulfill(status=502, body="Bad Gateway"))
+        page.goto(self.base + "snostream")
+        self.wait(page, "!document.querySelector('#stale-banner').hidden", 10000)
+        self.assertIn("NO CONNECTION", page.locator("#stale-banner").inner_text())
+        page.unroute("**/stream")  # the web process is back
+        self.wait(page, "document.querySelector('#live-state').textContent === 'live'", 20000)
+        self.assertTrue(page.locator("#stale-banner").is_hidden())
+        self.assertEqual(errors, [])
+
     def test_alarm_badge_on_every_page(self):
         """A new alarm of level >= 40 shows on the Alarms link of any page until it is
         acknowledged on the Alarms page."""

@@ -114,6 +114,10 @@
   function onMessage(e) {
     var msg;
     try { msg = JSON.parse(e.data); } catch (err) { return; }
+    if (lastAt && Date.now() - lastAt > LOST_AFTER) {
+      // back after an outage: read the history of the gap again
+      setTimeout(function () { timeRange._changed(); }, 0);
+    }
     last = msg;
     lastAt = Date.now();
     liveState.className = "live-state ok";
@@ -124,23 +128,34 @@
     });
   }
 
+  /* EventSource retries by itself after a network error, but gives up for good after an
+   * HTTP error: nginx answers 502 while the web process restarts, and a wall screen
+   * stayed "disconnected" until someone reloaded it. Then we open a new one, backing off. */
+  var REOPEN_MIN_MS = 2000, REOPEN_MAX_MS = 30000, reopenDelay = REOPEN_MIN_MS, reopenTimer = null;
   function openStream() {
     if (source || typeof EventSource === "undefined") { return; }
     source = new EventSource(url("stream"));
-    source.onmessage = onMessage;
+    source.onmessage = function (e) { reopenDelay = REOPEN_MIN_MS; onMessage(e); };
     source.onerror = function () {
       liveState.className = "live-state bad";
       setText(liveState, "reconnecting…");
+      if (source && source.readyState === EventSource.CLOSED && !reopenTimer) {
+        source.close();
+        source = null;
+        reopenTimer = setTimeout(function () { reopenTimer = null; openStream(); }, reopenDelay);
+        reopenDelay = Math.min(REOPEN_MAX_MS, reopenDelay * 2);
+      }
     };
   }
 
   setInterval(function () {
+    body.classList.toggle("offline", !!lastAt && Date.now() - lastAt > LOST_AFTER);
     if (lastAt && Date.now() - lastAt > LOST_AFTER) {
       showBanner("NO CONNECTION to the monitoring server for " +
                  fmtAge((Date.now() - lastAt) / 1000) + " — the page is not updating.", true);
       liveState.className = "live-state bad";
       setText(liveState, "disconnected");
-    } else if (!lastAt && source && Date.now() - startedAt > LOST_AFTER) {
+    } else if (!lastAt && Date.now() - startedAt > LOST_AFTER) {
       showBanner("NO CONNECTION to the monitoring server — the page is not updating.", true);
     }
   }, 1000);
