@@ -2,9 +2,10 @@
 self-instrumentation (`minard:stats:<process>`) and its own heartbeat to the logging server.
 """
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from minard import zmqlink
 from minard.stats import Stats, StatsPublisher
 from minard.store.connection import connect
 
@@ -48,3 +49,54 @@ class ProcessBase:
                                             lambda: self.status())
             if heartbeat is not None:
                 heartbeat.setServiceParent(self.service)
+
+
+#: Receipt stamps further than this from the local clock are corrupt (s).
+MAX_CLOCK_SKEW = 86400
+
+
+class ZmqWorker(Service):
+    """A worker fed ZeroMQ messages [receipt stamp, record, ...] that ticks on a clock.
+
+    Subclasses set `clock`, `stats`, `corruption` (a CorruptionLog) and `tick_interval`,
+    and define make_link(), tick() and handle_records(ns, records). One bad message is
+    counted and logged (once per interval), never fatal.
+    """
+
+    log = Logger()
+    link = None
+    _ticker = None
+
+    def startService(self):
+        Service.startService(self)
+        self.link = self.make_link()
+        self._ticker = task.LoopingCall(self.tick)
+        self._ticker.clock = self.clock
+        self._ticker.start(self.tick_interval, now=False).addErrback(
+            lambda f: self.log.failure("{worker} ticker stopped", f,
+                                       worker=type(self).__name__))
+
+    def stop_ticking(self):
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+
+    def on_message(self, frames):
+        try:
+            self.stats.incr("messages")
+            ns = self.receipt_time(frames)
+            if ns is not None:
+                self.handle_records(ns, frames[1:])
+        except Exception:  # never let one message kill the worker
+            if self.corruption.note("undecodable_message"):  # traceback once per interval
+                self.log.failure("unexpected error handling a message")
+
+    def receipt_time(self, frames):
+        """The receipt time (ns) of a message, or None (counted) if it has none."""
+        if len(frames) < 2:
+            self.corruption.note("message_without_records")
+            return None
+        ns = zmqlink.unstamp(frames[0])
+        if ns is None or abs(ns / 1e9 - self.clock.seconds()) > MAX_CLOCK_SKEW:
+            self.corruption.note("bad_receipt_stamp", len(frames) - 1)
+            return None
+        return ns

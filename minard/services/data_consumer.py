@@ -27,10 +27,9 @@ from urllib.parse import urlsplit
 import numpy as np
 from twisted.application.service import Service
 from twisted.internet import defer, task
-from twisted.logger import Logger
 
 from minard import constants as C, zmqlink
-from minard.services.common import ProcessBase
+from minard.services.common import ProcessBase, ZmqWorker
 from minard.stats import CorruptionLog
 from minard.store.datastream import CmosState, SumsStore
 from minard.store.finalise import Finaliser
@@ -50,8 +49,6 @@ CMOS_BATCH = 64
 CMOS_IN_FLIGHT = 2
 #: After a failed Redis call, wait this long before the next attempt (s).
 RETRY_DELAY = 1.0
-#: Receipt stamps further than this from the local clock are corrupt (s).
-MAX_CLOCK_SKEW = 86400
 #: On SIGTERM, wait at most this long for the last writes (s).
 STOP_TIMEOUT = 8.0
 
@@ -138,8 +135,8 @@ def address_for(options):
     return options.get("zmq") or "tcp://127.0.0.1:%d" % options["port"]
 
 
-class DataConsumer(Service):
-    log = Logger()
+class DataConsumer(ZmqWorker):
+    tick_interval = TICK
 
     def __init__(self, address, kinds, redis, stats, clock, link_factory=None):
         self.address = address
@@ -160,8 +157,6 @@ class DataConsumer(Service):
         self.flush_retry_at = 0.0
         self.flush_failures = 0            # in a row
         self.finalising = {}
-        self.link = None
-        self._ticker = None
         self._stopping = False
         # flush ids must never collide between workers (a collision looks like a retry)
         self._run = "data-consumer-%s" % (uuid.uuid4().hex,)
@@ -169,41 +164,24 @@ class DataConsumer(Service):
 
     # -- receiving -------------------------------------------------------------------
 
-    def startService(self):
-        Service.startService(self)
-        self.link = self.link_factory(self.address, self.on_message)
-        self._ticker = task.LoopingCall(self.tick)
-        self._ticker.clock = self.clock
-        self._ticker.start(TICK, now=False).addErrback(
-            lambda f: self.log.failure("data consumer ticker stopped", f))
+    def make_link(self):
+        return self.link_factory(self.address, self.on_message)
 
     def on_message(self, frames):
-        try:
-            self._handle(frames)
-        except Exception:  # one bad message never kills the worker
-            if self.corruption.note("undecodable_message"):  # traceback once per interval
-                self.log.failure("unexpected error handling a message")
+        ZmqWorker.on_message(self, frames)
         if len(self.queue) >= PAUSE_QUEUE and self.link is not None and not self.link.paused:
             self.link.pause()
             self.stats.incr("read_pauses")
         self.pump_cmos()
 
-    def _handle(self, frames):
-        self.stats.incr("messages")
-        if len(frames) < 2:
-            self.corruption.note("message_without_records")
-            return
-        ns = zmqlink.unstamp(frames[0])
-        if ns is None or abs(ns / 1e9 - self.clock.seconds()) > MAX_CLOCK_SKEW:
-            self.corruption.note("bad_receipt_stamp", len(frames) - 1)
-            return
-        for frame in frames[1:]:
+    def handle_records(self, ns, records):
+        for frame in records:
             try:
-                records = ds.split_records(frame)
+                parts = ds.split_records(frame)
             except ds.CorruptRecord as e:
                 self.corruption.note(e.kind, 1, str(e))
                 continue
-            for record in records:
+            for record in parts:
                 self.add_record(ns, record)
 
     def add_record(self, ns, record):
@@ -390,8 +368,7 @@ class DataConsumer(Service):
         """SIGTERM: rate the queued CMOS records and flush every sum, within a limit."""
         self._stopping = True
         Service.stopService(self)
-        if self._ticker is not None and self._ticker.running:
-            self._ticker.stop()
+        self.stop_ticking()
         if self.link is not None:
             self.link.resume()
             self.link.kick()  # take in what already arrived

@@ -13,11 +13,10 @@ import uuid
 import numpy as np
 from twisted.application.service import Service
 from twisted.internet import defer, task
-from twisted.logger import Logger
 
 from minard import zmqlink
 from minard.aggregate.events import SecondAccumulator
-from minard.services.common import ProcessBase
+from minard.services.common import ProcessBase, ZmqWorker
 from minard.stats import CorruptionLog
 from minard.store.events import EventStore
 from minard.store.finalise import Finaliser
@@ -29,16 +28,14 @@ TICK = 0.2
 GRACE = 0.3
 #: Most flushes held while Redis is away (one per second: 15 minutes).
 MAX_PENDING = 900
-#: Receipt stamps further than this from the local clock are corrupt (s).
-MAX_CLOCK_SKEW = 86400
 #: After a failed flush, wait this long before retrying (s).
 RETRY_DELAY = 1.0
 #: On SIGTERM, wait at most this long for the last flushes (s).
 STOP_TIMEOUT = 8.0
 
 
-class PullWorker(Service):
-    log = Logger()
+class PullWorker(ZmqWorker):
+    tick_interval = TICK
 
     def __init__(self, name, address, store, stats, clock, finaliser=None, rng=None):
         self.name = name
@@ -55,40 +52,17 @@ class PullWorker(Service):
         self.last_closed = None
         self.retry_at = 0.0
         self.flush_failures = 0        # in a row (the heartbeat status says so)
-        self.link = None
-        self._ticker = None
         self._flush_ids = itertools.count()
         self._run = "%s-%s" % (name, uuid.uuid4().hex)  # unique even for a repeated --name
         self._stopping = False
 
     # -- receiving -----------------------------------------------------------------
 
-    def startService(self):
-        Service.startService(self)
-        self.link = zmqlink.PullLink(self.address, self.on_message)
-        self._ticker = task.LoopingCall(self.tick)
-        self._ticker.clock = self.clock
-        self._ticker.start(TICK, now=False).addErrback(
-            lambda f: self.log.failure("pull worker ticker stopped", f))
+    def make_link(self):
+        return zmqlink.PullLink(self.address, self.on_message)
 
-    def on_message(self, frames):
-        try:
-            self._handle(frames)
-        except Exception:  # never let one message kill the worker
-            if self.corruption.note("undecodable_message"):  # traceback once per interval
-                self.log.failure("unexpected error handling a message")
-
-    def _handle(self, frames):
-        self.stats.incr("messages")
-        if len(frames) < 2:
-            self.corruption.note("message_without_records")
-            return
-        ns = zmqlink.unstamp(frames[0])
-        now = self.clock.seconds()
-        if ns is None or abs(ns / 1e9 - now) > MAX_CLOCK_SKEW:
-            self.corruption.note("bad_receipt_stamp", len(frames) - 1)
-            return
-        batch = decode_batch(frames[1:])
+    def handle_records(self, ns, records):
+        batch = decode_batch(records)
         self.stats.incr("records", batch.n_records)
         self.stats.incr("events", batch.n_events)
         if batch.n_other:
@@ -188,8 +162,7 @@ class PullWorker(Service):
         """SIGTERM: flush every open second, wait (bounded) for the queue to drain."""
         self._stopping = True
         Service.stopService(self)
-        if self._ticker is not None and self._ticker.running:
-            self._ticker.stop()
+        self.stop_ticking()
         if self.link is not None:
             self.link.drain()  # take in everything that already arrived
             self.link.shutdown()
