@@ -1,6 +1,8 @@
 """What every minard process has besides its own work: a Redis connection, its
 self-instrumentation (`minard:stats:<process>`) and its own heartbeat to the logging server.
 """
+import time
+
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -89,6 +91,29 @@ class ZmqWorker(Service):
         except Exception:  # never let one message kill the worker
             if self.corruption.note("undecodable_message"):  # traceback once per interval
                 self.log.failure("unexpected error handling a message")
+
+    def watch_flush(self, d, applied, failed):
+        """The bookkeeping every flush shares (stats, latency, the failure streak the
+        heartbeat reports), then the caller's own applied(result) / failed(failure)."""
+        started = time.monotonic()
+
+        def ok(result):
+            self.flush_failures = 0
+            self.stats.incr("flushes")
+            if str(result) == "0":
+                self.stats.incr("flushes_repeated")
+            self.stats.set("flush_latency_ms", round((time.monotonic() - started) * 1000, 3))
+            applied(result)
+
+        def bad(failure):
+            self.flush_failures += 1
+            self.stats.incr("flush_errors")
+            self.corruption.trouble("flush_failed", failure.getErrorMessage())
+            failed(failure)
+
+        d.addCallbacks(ok, bad)
+        d.addErrback(lambda f: self.log.failure("flush bookkeeping failed", f))
+        return d
 
     def receipt_time(self, frames):
         """The receipt time (ns) of a message, or None (counted) if it has none."""

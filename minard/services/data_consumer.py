@@ -20,7 +20,6 @@ in Redis (SPEC §3, §4). Any number of workers per port.
 import collections
 import itertools
 import os
-import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -317,29 +316,18 @@ class DataConsumer(ZmqWorker):
         if pending is None:
             return None
         flush_id, groups, samples = pending
-        started = time.monotonic()
         d = self.flush_in_flight = self.store.flush(flush_id, groups)
 
         def applied(result):
             self.flush_in_flight = None
             self.unsent = None
-            self.flush_failures = 0
-            self.stats.incr("flushes")
             self.stats.incr("flushed_samples", samples)
-            if result == 0:
-                self.stats.incr("flushes_repeated")
-            self.stats.set("flush_latency_ms", round((time.monotonic() - started) * 1000, 3))
 
         def failed(failure):
             self.flush_in_flight = None
-            self.flush_failures += 1
-            self.stats.incr("flush_errors")
             self.flush_retry_at = self.clock.seconds() + RETRY_DELAY
-            self.corruption.trouble("flush_failed", failure.getErrorMessage())
 
-        d.addCallbacks(applied, failed)
-        d.addErrback(lambda f: self.log.failure("flush bookkeeping failed", f))
-        return d
+        return self.watch_flush(d, applied, failed)
 
     def finalise(self):
         now = int(self.clock.seconds())

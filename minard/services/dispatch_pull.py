@@ -7,7 +7,6 @@ and are retried (a flush id makes a retry of an applied flush harmless); what th
 drops is counted. SIGTERM flushes the open seconds before exiting.
 """
 import itertools
-import time
 import uuid
 
 import numpy as np
@@ -119,34 +118,22 @@ class PullWorker(ZmqWorker):
         if self.clock.seconds() < self.retry_at:
             return
         second, events, payload = self.pending[0]
-        started = time.monotonic()
         d = self.in_flight = self.store.flush(payload)
 
         def applied(result):
             self.in_flight = None
-            self.flush_failures = 0
             if self.pending and self.pending[0][2] is payload:
                 self.pending.pop(0)
-            self.stats.incr("flushes")
             self.stats.incr("flushed_events", events)
-            if str(result) == "0":
-                self.stats.incr("flushes_repeated")
-            latency = (time.monotonic() - started) * 1000
-            self.stats.set("flush_latency_ms", round(latency, 3))
             self._finalise(second)
             if not self._stopping:
                 self.pump()
 
         def failed(failure):
             self.in_flight = None
-            self.flush_failures += 1
-            self.stats.incr("flush_errors")
             self.retry_at = self.clock.seconds() + RETRY_DELAY
-            self.corruption.trouble("flush_failed", failure.getErrorMessage())
 
-        d.addCallbacks(applied, failed)
-        d.addErrback(lambda f: self.log.failure("flush bookkeeping failed", f))
-        return d
+        return self.watch_flush(d, applied, failed)
 
     def _finalise(self, flushed_second):
         """Finalise what is due as of the second just flushed (not the wall clock): while a
