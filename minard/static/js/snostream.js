@@ -49,9 +49,25 @@
     if (msg.error) { fact("v-rate", "no data", true); return; }
     var total = msg.rates ? msg.rates.TOTAL : null;
     fact("v-rate", total === null ? "no data" : Minard.fmtSI(total), total === null);
-    if (msg.run !== null && msg.run !== undefined) { fact("v-run", msg.run); }
-    if (msg.subrun !== null && msg.subrun !== undefined) { fact("v-subrun", msg.subrun); }
-    if (msg.gtid !== null && msg.gtid !== undefined) { fact("v-gtid", msg.gtid); }
+    ["run", "subrun", "gtid"].forEach(function (name) {
+      var el = document.getElementById("v-" + name);
+      if (msg[name] !== null && msg[name] !== undefined) {
+        fact("v-" + name, msg[name]);
+        el.classList.remove("old");
+        el.title = "";
+        return;
+      }
+      // no events this second: the last value the charts have, marked as old
+      var ys = panels.ys[name] || [];
+      for (var i = ys.length - 1; i >= 0; i--) {
+        if (ys[i] !== null) {
+          fact("v-" + name, ys[i]);
+          el.classList.add("old");
+          el.title = "last seen " + Minard.fmtTime(panels.xs[i]) + " UTC";
+          return;
+        }
+      }
+    });
     fact("v-dispatcher", msg.dispatcher || "not connected", !msg.dispatcher);
     var age = msg.stale ? msg.stale.heartbeat_age : null;
     fact("v-heartbeat", age === null ? "none" : (age <= 2 ? "alive" : Minard.fmtAge(age) + " ago"),
