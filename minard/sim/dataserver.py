@@ -15,10 +15,9 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints, protocol, task
 from twisted.logger import Logger
-from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from minard import constants as C
+from minard.sim.clients import DroppingClient
 from minard.wire import datastream as ds
 
 #: Record types this server knows (others are refused with "unknown record type").
@@ -40,8 +39,7 @@ INVALID_PROBABILITY = 0.001
 MASKED_FRACTION = 0.005
 
 
-@implementer(IPushProducer)
-class DataServerConnection(protocol.Protocol):
+class DataServerConnection(DroppingClient):
     """One client of the simulated data server."""
 
     log = Logger()
@@ -49,24 +47,6 @@ class DataServerConnection(protocol.Protocol):
     def __init__(self):
         self.decoder = ds.FrameDecoder()
         self.subscription = frozenset()
-        self.paused = False
-
-    def connectionMade(self):
-        self.transport.registerProducer(self, True)
-        self.factory.clients.add(self)
-
-    def connectionLost(self, reason):
-        self.factory.clients.discard(self)
-
-    # IPushProducer: the transport tells us when its buffer is full
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-
-    def stopProducing(self):
-        self.paused = True
 
     def dataReceived(self, data):
         try:

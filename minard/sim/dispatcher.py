@@ -6,17 +6,15 @@ a client's socket buffer is full, that client's portions are dropped (and counte
 """
 from twisted.internet import protocol, task
 from twisted.logger import Logger
-from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
+from minard.sim.clients import DroppingClient
 from minard.wire.controlhost import CASPUR, CorruptStream, FrameDecoder, tag_bytes, tag_text
 
 #: How often the source is asked for records (per second).
 TICKS_PER_SECOND = 50
 
 
-@implementer(IPushProducer)
-class DispatcherClient(protocol.Protocol):
+class DispatcherClient(DroppingClient):
     """One subscriber. Learns its tags from Subscrib; gets data only after Always."""
 
     log = Logger()
@@ -26,10 +24,8 @@ class DispatcherClient(protocol.Protocol):
         self.tags = set()
         self.always = False
         self.name = None
-        self.paused = False
         self.dropped = 0
-        self.transport.registerProducer(self, True)
-        self.factory.clients.add(self)
+        DroppingClient.connectionMade(self)
 
     def dataReceived(self, data):
         try:
@@ -55,18 +51,6 @@ class DispatcherClient(protocol.Protocol):
             self.dropped += 1
             return
         self.transport.write(data)
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-
-    def stopProducing(self):
-        self.paused = True
-
-    def connectionLost(self, reason):
-        self.factory.clients.discard(self)
 
 
 class DispatcherFactory(protocol.Factory):
