@@ -21,14 +21,20 @@ class Program:
     link: str = ""
 
 
-def load_programs(path):
-    """Programs in file order, as a dict name -> Program."""
+def read_ini(path, error=ValueError):
+    """A parsed INI file (no interpolation), or `error` with a one-line reason."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
         with open(path, encoding="utf-8") as f:
             parser.read_file(f)
     except (OSError, UnicodeDecodeError, configparser.Error) as e:
-        raise ProgramsError("cannot read %s: %s" % (path, str(e).splitlines()[0]))
+        raise error("cannot read %s: %s" % (path, str(e).splitlines()[0]))
+    return parser
+
+
+def load_programs(path):
+    """Programs in file order, as a dict name -> Program."""
+    parser = read_ini(path, ProgramsError)
     programs = {}
     for name in parser.sections():
         if not NAME_PATTERN.match(name) or ".." in name:

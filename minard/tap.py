@@ -5,7 +5,6 @@ precedence: the command line, the role's section of `--config FILE` (INI, keys a
 the long option names), the defaults below. A bad value is a one-line usage error
 naming the option (exit code 1), never a traceback.
 """
-import configparser
 import importlib
 import os
 import sys
@@ -14,6 +13,7 @@ from urllib.parse import urlsplit
 from twisted.python import usage
 
 from minard import constants as C
+from minard.programs import read_ini
 
 
 class OptionError(Exception):
@@ -325,12 +325,10 @@ def resolve(role, table, given):
 
 def read_config(path, role, known):
     """The role's section of an INI file, checked: an unknown key is an error."""
-    parser = configparser.ConfigParser(interpolation=None)
     try:
-        with open(path, encoding="utf-8") as f:
-            parser.read_file(f)
-    except (OSError, UnicodeDecodeError, configparser.Error) as e:
-        raise OptionError("--config: cannot read %s: %s" % (path, str(e).splitlines()[0]))
+        parser = read_ini(path)
+    except ValueError as e:
+        raise OptionError("--config: %s" % (e,))
     values = {}
     if parser.has_section(role):
         for key, value in parser.items(role):
