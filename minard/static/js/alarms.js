@@ -1,6 +1,7 @@
 /* Alarms page: live, newest first, coloured by level, audible, acknowledgeable.
  *
- * Loads get_alarm?start=-100, then polls get_alarm?start=<latest+1> every second.
+ * Loads get_alarm?start=-1000 (every alarm of the last 24 h, up to MAX_ROWS), then polls
+ * get_alarm?start=<latest+1> every second.
  * An unacknowledged alarm of level >= 40 that arrived while the page is open (or is
  * younger than RING_RECENT_S) rings a two-tone beep made with the Web Audio API every
  * RING_EVERY_MS until it is acknowledged or the sound is muted. Mute and the
@@ -195,7 +196,8 @@
     var open = Object.keys(byKey).filter(function (k) {
       return !acked[k] && Number(byKey[k].alarm.level) >= DANGER;
     }).length;
-    Minard.text(countNode, total + " alarm" + (total === 1 ? "" : "s") + " in the last 24 h" +
+    Minard.text(countNode, (total >= MAX_ROWS ? "the newest " + total + " alarms" :
+                            total + " alarm" + (total === 1 ? "" : "s") + " in the last 24 h") +
                 (open ? " · " + open + " unacknowledged at level ≥ 40" : ""));
     if (countNode) { countNode.className = "hint" + (open ? " bad-text" : ""); }
     document.title = (open ? "(" + open + ") " : "") + baseTitle;
@@ -218,7 +220,7 @@
   function poll(first) {
     if (busy) { return; }
     busy = true;
-    var start = latest === null ? -100 : latest + 1;
+    var start = latest === null ? -MAX_ROWS : latest + 1;
     Minard.getJSON("get_alarm?start=" + start).then(function (r) {
       busy = false;
       Minard.text(stateNode, "");
