@@ -299,6 +299,20 @@ class BrowserTests(unittest.TestCase):
         self.assertTrue(page.locator("#stale-banner").is_hidden())
         self.assertEqual(errors, [])
 
+    def test_nearline_is_live(self):
+        from tests.support import SyncRedis
+        sync = SyncRedis(self.redis.port)
+        page, problems = self.open("nearline")
+        row = "Array.from(document.querySelectorAll('#nearline-result tr'))" \
+              ".find(r => r.cells[0].textContent === 'muons').cells[1].textContent"
+        self.assertEqual(page.evaluate(row), "In progress")
+        sync.command("HSET", "nearline:250000", "muons", "0")
+        self.addCleanup(sync.command, "HSET", "nearline:250000", "muons", "99")
+        self.wait(page, row + " === 'Success'", 20000)
+        self.assertIn("updated", page.locator("#nearline-updated").inner_text())
+        self.assertEqual(page.locator("main script, main b").count(), 0)
+        self.assertEqual(problems, [])
+
     def test_alarm_badge_on_every_page(self):
         """A new alarm of level >= 40 shows on the Alarms link of any page until it is
         acknowledged on the Alarms page."""
