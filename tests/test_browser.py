@@ -313,6 +313,25 @@ class BrowserTests(unittest.TestCase):
         self.assertEqual(page.locator("main script, main b").count(), 0)
         self.assertEqual(problems, [])
 
+    def test_double_click_resets_only_a_zoom(self):
+        page, problems = self.open("nhit")
+        page.goto(self.base + "graph?name=TOTAL-nhit&range=1h")
+        self.wait(page, "document.querySelector('#graph-summary').textContent.includes('points')")
+        over = page.locator("#graph-chart .u-over")
+        over.dblclick()  # nothing zoomed: stay here (it went back to the NHit page)
+        page.wait_for_timeout(500)
+        self.assertTrue(page.url.endswith("graph?name=TOTAL-nhit&range=1h"), page.url)
+        box = over.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + 20)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + 20, steps=5)
+        page.mouse.up()
+        page.wait_for_url("**start=*")
+        over.dblclick()  # undo the zoom
+        page.wait_for_url("**range=1h")
+        self.assertEqual(page.locator("#tr-range").input_value(), "1h")
+        self.assertEqual(problems, [])
+
     def test_alarm_badge_on_every_page(self):
         """A new alarm of level >= 40 shows on the Alarms link of any page until it is
         acknowledged on the Alarms page."""

@@ -120,7 +120,7 @@
 
   function buildCharts(level) {
     charts = [];
-    var zoom = { onZoom: function (a, b) { Minard.timeRange.zoom(a, b); }, onZoomReset: function () { history.back(); } };
+    var zoom = { onZoom: function (a, b) { Minard.timeRange.zoom(a, b); }, onZoomReset: function () { Minard.timeRange.reset(); } };
     if (level === "overview") {
       if (!overviewMap) {
         overviewMap = new Minard.CrateMap($("daq-crates"), { onHover: hover, format: fmt,

@@ -11,7 +11,7 @@
   var chart = Minard.chart(document.getElementById("graph-chart"), {
     series: [{ label: name }], height: 320, fill: true, yFormat: fmt,
     onZoom: function (a, b) { Minard.timeRange.zoom(a, b); },
-    onZoomReset: function () { history.back(); }
+    onZoomReset: function () { Minard.timeRange.reset(); }
   });
   var hist = Minard.histogram(document.getElementById("graph-hist"), { xFormat: fmt });
   var histLog = Minard.histogram(document.getElementById("graph-hist-log"), { log: true, xFormat: fmt });

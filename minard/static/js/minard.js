@@ -265,15 +265,32 @@
       return sel && sel.options.length ? parseFloat(sel.options[0].dataset.seconds) : 900;
     },
     /* Put a window in the URL and tell the page. */
-    set: function (params) {
+    set: function (params, state) {
       var p = new URLSearchParams(location.search);
       ["range", "start", "stop"].forEach(function (k) { p.delete(k); });
       Object.keys(params).forEach(function (k) { if (params[k] !== null) { p.set(k, params[k]); } });
-      history.pushState(null, "", "?" + p.toString());
+      history.pushState(state || null, "", "?" + p.toString());
       this._changed();
     },
     zoom: function (start, stop) {
-      this.set({ start: new Date(start * 1000).toISOString(), stop: new Date(stop * 1000).toISOString() });
+      this.set({ start: new Date(start * 1000).toISOString(), stop: new Date(stop * 1000).toISOString() },
+               { minardZoom: true });
+    },
+    /* Double-click on a chart: undo a zoom made here; otherwise back to a live window.
+       (history.back() alone left the page when nothing had been zoomed.) */
+    reset: function () {
+      if (history.state && history.state.minardZoom) { history.back(); return; }
+      if (!this.current().live) { this._goLive(); }
+    },
+    _goLive: function () {
+      var sel = this.select(), w = this.current(), best = null;
+      for (var i = 0; sel && i < sel.options.length; i++) {
+        var secs = parseFloat(sel.options[i].dataset.seconds);
+        if (secs && (best === null || Math.abs(secs - w.span) < Math.abs(best[1] - w.span))) {
+          best = [sel.options[i].value, secs];
+        }
+      }
+      this.set({ range: best ? best[0] : null });
     },
     _listeners: [],
     _changed: function () {
@@ -325,17 +342,7 @@
           stopField.classList.toggle("invalid", t === null || (s !== null && t <= s));
           if (s !== null && t !== null && t > s) { self.zoom(s, t); }
         });
-        document.getElementById("tr-live").addEventListener("click", function () {
-          var w = self.current();
-          var best = null;
-          for (var i = 0; i < sel.options.length; i++) {
-            var secs = parseFloat(sel.options[i].dataset.seconds);
-            if (secs && (best === null || Math.abs(secs - w.span) < Math.abs(best[1] - w.span))) {
-              best = [sel.options[i].value, secs];
-            }
-          }
-          self.set({ range: best ? best[0] : null });
-        });
+        document.getElementById("tr-live").addEventListener("click", function () { self._goLive(); });
         window.addEventListener("popstate", function () { self._changed(); });
       }
       var w = this.current();

@@ -57,7 +57,7 @@
       fill: true,
       yFormat: fmt,
       onZoom: function (a, b) { Minard.timeRange.zoom(a, b); },
-      onZoomReset: function () { history.back(); }
+      onZoomReset: function () { Minard.timeRange.reset(); }
     });
     chart.panel = panel;
     chart.fmt = fmt;
