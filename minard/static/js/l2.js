@@ -9,9 +9,16 @@
     if (d < -(1 << 23)) { d += 1 << 24; } // gtid wraps at 2^24
     return d / rate;
   }
+  /* TOTAL without a pull-worker heartbeat or events is no data, not zero (as on Stream) */
+  function mask(ys, from) {
+    var beat = ys.heartbeat || [], total = ys.TOTAL || [], m = [];
+    for (var i = from; i < beat.length; i++) { m.push(beat[i] === null && !(total[i] > 0)); }
+    return { TOTAL: m };
+  }
   new Minard.SeriesPanels({
     derived: { lag: lag },
-    extraExprs: ["gtid"]
+    mask: mask,
+    extraExprs: ["gtid", "heartbeat"]
     // no `live`: L1, L2 ... are not in /stream, so the window is re-read every 5 s
   });
 

@@ -438,6 +438,7 @@
     }));
     var yAxis = axis();
     yAxis.size = scaled(62);
+    yAxis.space = scaled(28); // small panels: at least two labelled ticks (only "0" showed)
     yAxis.values = function (u, vals) { return vals.map(function (v) { return (opts.yAxisFormat || fmtSI)(v); }); };
     var height = scaled(opts.height || 120);
     var uopts = {
