@@ -315,6 +315,8 @@ class BrowserTests(unittest.TestCase):
 
     def test_double_click_resets_only_a_zoom(self):
         page, problems = self.open("nhit")
+        self.wait(page, "document.querySelector('#nhit-60-linear-info').textContent.includes('events')")
+        page.wait_for_timeout(500)
         page.goto(self.base + "graph?name=TOTAL-nhit&range=1h")
         self.wait(page, "document.querySelector('#graph-summary').textContent.includes('points')")
         over = page.locator("#graph-chart .u-over")
@@ -331,6 +333,31 @@ class BrowserTests(unittest.TestCase):
         page.wait_for_url("**range=1h")
         self.assertEqual(page.locator("#tr-range").input_value(), "1h")
         self.assertEqual(problems, [])
+
+    def test_browser_clock_off_by_two_minutes(self):
+        """A control-room PC whose clock is off: the pages run on the server's clock (the
+        clock shown, the chart windows), so live points land where they belong."""
+        context = self.browser.new_context(viewport={"width": 1280, "height": 800})
+        self.addCleanup(context.close)
+        page = context.new_page()
+        page.clock.install(time=time.time() + 120)
+        page.clock.resume()
+        page.goto(self.base + "graph?name=TOTAL-nhit&range=15m")
+        self.wait(page, "document.querySelector('#live-state').textContent === 'live'")
+
+        def shown_stop():
+            text = page.locator("#graph-summary").inner_text()
+            stop = text.rsplit("→", 1)[-1].replace("UTC", "").strip()
+            return time.mktime(time.strptime(stop, "%Y-%m-%d %H:%M:%S")) - time.timezone
+
+        deadline = time.time() + 10
+        while abs(shown_stop() - time.time()) > 5 and time.time() < deadline:
+            page.wait_for_timeout(200)
+        self.assertLess(abs(shown_stop() - time.time()), 5)  # not 120 s ahead
+        clock = page.locator("#clock").inner_text().replace(" UTC", "")
+        real = time.strftime("%H:%M:%S", time.gmtime())
+        self.assertLess(abs(time.mktime(time.strptime(clock, "%H:%M:%S")) -
+                            time.mktime(time.strptime(real, "%H:%M:%S"))), 3, (clock, real))
 
     def test_alarm_badge_on_every_page(self):
         """A new alarm of level >= 40 shows on the Alarms link of any page until it is

@@ -131,7 +131,7 @@
   }
   function ageSeconds(a) {
     var t = Date.parse(a.time);
-    return isNaN(t) ? Infinity : Date.now() / 1000 - t / 1000;
+    return isNaN(t) ? Infinity : Minard.nowSeconds() - t / 1000;
   }
 
   function ack(key) {

@@ -78,9 +78,17 @@
     return new Date(unix * 1000).toISOString().replace("T", " ").slice(0, 19);
   }
 
+  /* -- the server's clock ------------------------------------------------------------ */
+  /* Every /stream message carries server_time. A control-room PC whose clock is off put
+   * every chart's times off by as much (history was shifted by the `now` parameter onto
+   * the browser's clock) and wrote the live points of /stream (server seconds) into the
+   * wrong places. The site therefore runs on the server's clock: serverNow(). */
+  var skew = 0; // s, server − browser
+  function serverNow() { return Date.now() / 1000 + skew; }
+
   /* -- the clock (UTC, as the data) -------------------------------------------------- */
   var clock = document.getElementById("clock");
-  function tick() { setText(clock, new Date().toISOString().slice(11, 19) + " UTC"); }
+  function tick() { setText(clock, new Date(serverNow() * 1000).toISOString().slice(11, 19) + " UTC"); }
   tick();
   setInterval(tick, 1000);
 
@@ -114,10 +122,16 @@
   function onMessage(e) {
     var msg;
     try { msg = JSON.parse(e.data); } catch (err) { return; }
-    if (lastAt && Date.now() - lastAt > LOST_AFTER) {
-      // back after an outage: read the history of the gap again
-      setTimeout(function () { timeRange._changed(); }, 0);
+    var reload = lastAt && Date.now() - lastAt > LOST_AFTER; // back after an outage
+    if (typeof msg.server_time === "number" && isFinite(msg.server_time)) {
+      var newSkew = msg.server_time - Date.now() / 1000;
+      // the first message, or the browser's clock was set: windows were on the wrong clock
+      var jumped = Math.abs(newSkew - skew) > 2;
+      reload = reload || jumped;
+      skew = newSkew;
+      if (jumped) { tick(); }
     }
+    if (reload) { setTimeout(function () { timeRange._changed(); }, 0); }
     last = msg;
     lastAt = Date.now();
     liveState.className = "live-state ok";
@@ -182,7 +196,7 @@
   }
   function showAlarmBadge() {
     if (!alarmLink) { return; }
-    var acked = {}, now = Date.now();
+    var acked = {}, now = serverNow() * 1000;
     ackedAlarms().forEach(function (k) { acked[k] = true; });
     var open = Object.keys(dangerAlarms).filter(function (k) {
       return !acked[k] && now - dangerAlarms[k] < ALARM_LIFE_MS;
@@ -237,7 +251,7 @@
     current: function () {
       var p = new URLSearchParams(location.search);
       var start = parseTime(p.get("start")), stop = parseTime(p.get("stop"));
-      var now = Date.now() / 1000;
+      var now = serverNow();
       if (start !== null && stop !== null && stop > start) {
         return this._window(start, stop, false);
       }
@@ -572,7 +586,7 @@
     binValues: binValues,
     ramp: ramp,
     PALETTE: PALETTE,
-    nowSeconds: function () { return Date.now() / 1000; }
+    nowSeconds: serverNow
   };
 
   openStream();

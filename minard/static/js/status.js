@@ -52,7 +52,7 @@
              (row.dataset.expire || "?") + " s");
       } else if (String(status).trim().toLowerCase() === "ok") {
         show(row, "ok", "OK", humanize(r.uptime), "up since " +
-             (r.uptime === null ? "?" : Minard.fmtTime(Date.now() / 1000 - r.uptime)) + " UTC");
+             (r.uptime === null ? "?" : Minard.fmtTime(Minard.nowSeconds() - r.uptime)) + " UTC");
       } else {
         show(row, "warn", String(status), humanize(r.uptime));
       }
