@@ -403,7 +403,7 @@ class BadRequestTests(SiteTestMixin, unittest.TestCase):
         "query?name=occupancy&step=x", "query?name=nhit_hist&seconds=-1",
         "get_status", "get_alarm?start=x", "get_alarm?start=1.5", "get_l2", "tail",
         "tail?name=builder&seek=-1", "tail?name=builder&seek=x",
-        "graph", "graph?name=BAD-nhit", "nearline/abc",
+        "graph", "graph?name=BAD-nhit", "graph?name=TOTAL,100L", "nearline/abc",
     ]
     NOT_FOUND = [
         "query?name=whatever", "get_status?name=nobody", "get_l2?name=x",

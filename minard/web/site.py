@@ -257,7 +257,8 @@ class Site:
         name = arg(request, "name")
         if not name:
             raise BadRequest("missing name (e.g. graph?name=TOTAL)")
-        parse_expressions(name)  # a bad name is a 400 page, not a broken chart
+        if len(parse_expressions(name)) != 1:  # a bad name is a 400 page, not a broken chart
+            raise BadRequest("graph shows one series: name must be one expression, not a list")
         masked = name == "TOTAL" or name in C.TRIGGERS  # rates the pull workers write
         return "graph.html", {"page": "graph", "title": name, "name": name, "masked": masked}
 
