@@ -145,7 +145,7 @@ PRODUCTION = Layout(
     redis_dir="/var/lib/redis",
     redis_pidfile="/run/redis/redis-server.pid",
     redis_logfile="/var/log/redis/redis-server.log",
-    redis_maxmemory="2gb",
+    redis_maxmemory="12gb",
     supervisord_pidfile="/run/minard-supervisord.pid",
     nginx_pidfile="/run/nginx.pid",
     nginx_error_log="/var/log/nginx/error.log",
@@ -177,7 +177,7 @@ def local_layout(directory, ports=None, repo=REPO, twistd=None, stale_after=30, 
         redis_dir=os.path.join(directory, "redis"),
         redis_pidfile=os.path.join(directory, "redis", "redis-server.pid"),
         redis_logfile="",
-        redis_maxmemory="256mb",
+        redis_maxmemory="4gb",
         supervisord_pidfile=os.path.join(directory, "supervisord.pid"),
         nginx_pidfile=os.path.join(directory, "nginx", "nginx.pid"),
         nginx_error_log="stderr",
@@ -521,6 +521,11 @@ rdbchecksum yes
 stop-writes-on-bgsave-error yes
 appendonly no
 
+# Memory: the per-channel hashes dominate. A finalised occupancy, cmos or base hash holds
+# ~10k channels, ~0.8 MB in Redis; SPEC keeps 1200 buckets of each of the 5 s, 60 s and
+# 1 day intervals: 3 x 3 x 1200 x 0.8 MB = ~9 GB at steady state (the 5 s ones alone reach
+# ~2.9 GB after 100 minutes, the 60 s ones ~2.9 GB after 20 h, the daily ones grow for
+# 3.3 years). The limit must hold all that: eviction is an emergency brake, not a plan.
 # Every time-series key minard writes expires; keys without a TTL (e.g. alarms:count,
 # nearline:*) are never evicted: volatile-lru only drops expiring keys, the least used first.
 maxmemory {maxmemory}

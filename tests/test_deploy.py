@@ -207,7 +207,7 @@ class ProductionFilesTests(unittest.TestCase):
 
         self.assertEqual(get("save"), "900 1 300 10 60 10000")
         self.assertEqual(get("dbfilename"), "dump.rdb")
-        self.assertEqual(get("maxmemory"), str(2 * 1024 ** 3))
+        self.assertEqual(get("maxmemory"), str(12 * 1024 ** 3))
         self.assertEqual(get("maxmemory-policy"), "volatile-lru")
         self.assertEqual(get("protected-mode"), "yes")
         self.assertEqual(get("bind"), "127.0.0.1 -::1")
