@@ -7,14 +7,13 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from minard import constants as C, zmqlink
+from minard import constants as C
 from minard.services import data_consumer
 from minard.services.data_consumer import ChannelSums, DataConsumer, kinds_for
 from minard.stats import Stats
 from minard.store import finalise
 from minard.store.connection import connect
 from minard.store.datastream import decode_slot_state
-from minard.wire import datastream as ds
 from tests.support import RedisServer, RedisTestMixin
 
 T0 = 1_700_000_000  # a multiple of 5: bucket boundary

@@ -26,7 +26,6 @@ What the design allows to be lost (and nothing else may be):
 import os
 import random
 import signal
-import socket
 import struct
 import time
 

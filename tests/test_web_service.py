@@ -3,7 +3,6 @@ import datetime
 import os
 import re
 import tempfile
-import time
 
 import treq
 from cryptography import x509

@@ -3,7 +3,7 @@ import json
 import socket
 import time
 
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor
 from twisted.trial import unittest
 
 from minard.web.stream import sse_message, staleness

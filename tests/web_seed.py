@@ -15,7 +15,7 @@ import random
 import socket
 import sys
 
-from minard.constants import HASH_INTERVALS, INTERVALS, N_CHANNELS, OWL_CHANNELS, TRIGGERS
+from minard.constants import HASH_INTERVALS, INTERVALS, N_CHANNELS, TRIGGERS
 from minard.store import keys
 
 RATE = 1000.0  # events / s

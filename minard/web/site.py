@@ -12,7 +12,6 @@ Errors a client can cause are JSON `{"error": reason}` with 400 (bad input) or 4
 import functools
 import json
 import os
-import time
 
 import jinja2
 import txredisapi
