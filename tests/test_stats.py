@@ -86,7 +86,7 @@ class WorkerTroubleTests(unittest.TestCase):
         def boom(frames):
             raise RuntimeError("a bug hit by every message")
 
-        worker._handle = boom
+        worker.receipt_time = boom
         for _ in range(50):
             worker.on_message([b"x", b"y"])
         self.assertEqual(worker.stats.counters["corrupt_undecodable_message"], 50)
@@ -103,7 +103,7 @@ class WorkerTroubleTests(unittest.TestCase):
         def boom(frames):
             raise RuntimeError("a bug hit by every message")
 
-        consumer._handle = boom
+        consumer.receipt_time = boom
         for _ in range(30):
             consumer.on_message([b"x", b"y"])
         self.assertEqual(consumer.stats.counters["corrupt_undecodable_message"], 30)
