@@ -79,6 +79,9 @@ class ZmqWorker(Service):
                                        worker=type(self).__name__))
 
     def stop_ticking(self):
+        """Begin stopping: no more ticks; the subclass then flushes what it holds."""
+        self._stopping = True
+        Service.stopService(self)
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
 

@@ -24,7 +24,6 @@ import uuid
 from urllib.parse import urlsplit
 
 import numpy as np
-from twisted.application.service import Service
 from twisted.internet import defer, task
 
 from minard import constants as C, zmqlink
@@ -354,8 +353,6 @@ class DataConsumer(ZmqWorker):
     @defer.inlineCallbacks
     def stopService(self):
         """SIGTERM: rate the queued CMOS records and flush every sum, within a limit."""
-        self._stopping = True
-        Service.stopService(self)
         self.stop_ticking()
         if self.link is not None:
             self.link.resume()

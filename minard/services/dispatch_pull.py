@@ -10,7 +10,6 @@ import itertools
 import uuid
 
 import numpy as np
-from twisted.application.service import Service
 from twisted.internet import defer, task
 
 from minard import zmqlink
@@ -147,8 +146,6 @@ class PullWorker(ZmqWorker):
     @defer.inlineCallbacks
     def stopService(self):
         """SIGTERM: flush every open second, wait (bounded) for the queue to drain."""
-        self._stopping = True
-        Service.stopService(self)
         self.stop_ticking()
         if self.link is not None:
             self.link.drain()  # take in everything that already arrived

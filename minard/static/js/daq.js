@@ -192,14 +192,17 @@
   }
 
   /* -- options ------------------------------------------------------------------------ */
-  $("daq-data").addEventListener("change", function () {
-    state.data = $("daq-data").value;
+  function defaultThresholds() {
     state.lo = DEFAULTS[state.data][0];
     state.hi = DEFAULTS[state.data][1];
     $("daq-lo").value = state.lo;
     $("daq-hi").value = state.hi;
     writeState(false);
     view();
+  }
+  $("daq-data").addEventListener("change", function () {
+    state.data = $("daq-data").value;
+    defaultThresholds();
   });
   $("daq-method").addEventListener("change", function () { state.method = $("daq-method").value; writeState(false); loadSeries(); });
   $("daq-window").addEventListener("change", function () { state.window = $("daq-window").value; writeState(false); loadMap(); });
@@ -209,14 +212,7 @@
       if (isFinite(lo) && isFinite(hi)) { state.lo = lo; state.hi = hi; writeState(false); view(); }
     });
   });
-  $("daq-reset").addEventListener("click", function () {
-    state.lo = DEFAULTS[state.data][0];
-    state.hi = DEFAULTS[state.data][1];
-    $("daq-lo").value = state.lo;
-    $("daq-hi").value = state.hi;
-    writeState(false);
-    view();
-  });
+  $("daq-reset").addEventListener("click", defaultThresholds);
   $("crumb-all").addEventListener("click", function (e) { e.preventDefault(); go(null); });
   $("crumb-crate").addEventListener("click", function (e) { e.preventDefault(); go(state.crate); });
   window.addEventListener("popstate", function () { readState(); view(); });
