@@ -51,8 +51,8 @@ class SecondAccumulator:
         self.nhit_sums[TOTAL] += int(nhit.sum())
         self.charge_sums[:TOTAL] += charge @ bits
         self.charge_sums[TOTAL] += int(charge.sum())
-        if len(batch.channels):
-            self.occupancy += np.bincount(batch.channels, minlength=N_CHANNELS)
+        if batch.hit_counts is not None:
+            self.occupancy += batch.hit_counts
         hist = np.bincount(nhit)
         if len(hist) > len(self.nhit_hist):
             hist[:len(self.nhit_hist)] += self.nhit_hist

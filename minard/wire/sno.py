@@ -119,12 +119,13 @@ class EventBatch:
     """The decoded contents of a batch of records.
 
     Per valid 'PMT ' event (arrays of length n_events): trig, nhit, charge, and for the last
-    event run/subrun/gtid. Over all hits: channels (only hits with a crate < 20).
+    event run/subrun/gtid. Over all hits: hit_counts, hits per channel index (N_CHANNELS
+    long; hits with a crate above 19 are not in it but in corrupt["hit_bad_crate"]).
     corrupt: dict kind -> number of records (or hits) skipped for that reason.
     """
 
     __slots__ = ("n_records", "n_events", "n_other", "trig", "nhit", "charge",
-                 "channels", "last", "corrupt")
+                 "hit_counts", "last", "corrupt")
 
     def __init__(self):
         self.n_records = 0
@@ -133,25 +134,31 @@ class EventBatch:
         self.trig = _EMPTY_U32
         self.nhit = _EMPTY_I64
         self.charge = _EMPTY_I64
-        self.channels = _EMPTY_I64
+        self.hit_counts = None
         self.last = None
         self.corrupt = {}
+
+    @property
+    def channels(self):
+        """The channel index of every good hit, in ascending order (for tests and tools)."""
+        if self.hit_counts is None:
+            return _EMPTY_I64
+        return np.repeat(np.arange(N_CHANNELS, dtype=np.int64), self.hit_counts)
 
 
 _EMPTY_U32 = np.zeros(0, dtype=np.uint32)
 
 
 def _channel_table():
-    """Bits 16-29 of hit word 1 (channel, crate, card) -> channel index; a crate above 19
-    maps to N_CHANNELS or more, which the decoder counts as corrupt."""
+    """Bits 16-29 of hit word 1 (channel, crate, card) -> channel index, for the values
+    with a crate below 20: (the bit values, their channel indices)."""
     bits = np.arange(1 << 14, dtype=np.int64)
     channel, crate, card = bits & 0x1F, (bits >> 5) & 0x1F, (bits >> 10) & 0xF
-    table = crate << 9 | card << 5 | channel
-    table[crate >= N_CRATES] = N_CHANNELS + table[crate >= N_CRATES]
-    return table
+    good = crate < N_CRATES
+    return bits[good], (crate << 9 | card << 5 | channel)[good]
 
 
-_CHANNEL_OF_BITS = _channel_table()
+_GOOD_BITS, _CHANNEL_OF_GOOD_BITS = _channel_table()
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
 _BYTE4 = np.arange(4, dtype=np.int64)
 
@@ -236,27 +243,31 @@ def decode_batch(records):
         return batch
     ends = np.cumsum(nhit)
     before = ends - nhit
+    # Only the high halves of hit words 1 and 2 are used: bits 16-29 of word 1 are
+    # channel, crate and card; bits 16-26 of word 2 are Qhs.
     if words is not None:
-        wi = np.repeat((pmt_starts + HITS_OFFSET) // 4 - 3 * before, nhit)
-        wi += np.arange(0, 3 * total_hits, 3, dtype=np.int64)
-        w1 = words[wi].byteswap()
-        w2 = words[wi + 1].byteswap()
+        halves = np.frombuffer(buf, dtype=">u2")
+        hi = np.repeat((pmt_starts + HITS_OFFSET) // 2 - 6 * before, nhit)
+        hi += np.arange(0, 6 * total_hits, 6, dtype=np.int64)
+        high1 = halves[hi]
+        high2 = halves[hi + 2]
     else:
         hit_start = np.repeat(pmt_starts + HITS_OFFSET - HIT_SIZE * before, nhit)
         hit_start += np.arange(0, HIT_SIZE * total_hits, HIT_SIZE, dtype=np.int64)
-        w1 = _u32_at(arr, hit_start)
-        w2 = _u32_at(arr, hit_start + 4)
+        high1 = _u32_at(arr, hit_start) >> 16
+        high2 = _u32_at(arr, hit_start + 4) >> 16
 
-    qhs = (w2 >> 16) & QHS_MASK
+    qhs = high2 & QHS_MASK
     with_hits = nhit > 0
     charge = np.zeros(n_events, dtype=np.int64)
     charge[with_hits] = np.add.reduceat(qhs, before[with_hits], dtype=np.int64)
     batch.charge = charge
 
-    channels = np.take(_CHANNEL_OF_BITS, (w1 >> 16) & 0x3FFF)
-    bad = channels >= N_CHANNELS
-    if bad.any():
-        batch.corrupt["hit_bad_crate"] = int(bad.sum())
-        channels = channels[~bad]
-    batch.channels = channels
+    by_bits = np.bincount(high1 & 0x3FFF, minlength=1 << 14)
+    hit_counts = np.zeros(N_CHANNELS, dtype=np.int64)
+    hit_counts[_CHANNEL_OF_GOOD_BITS] = by_bits[_GOOD_BITS]
+    bad = total_hits - int(hit_counts.sum())
+    if bad:
+        batch.corrupt["hit_bad_crate"] = bad
+    batch.hit_counts = hit_counts
     return batch
