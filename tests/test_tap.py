@@ -55,6 +55,23 @@ class CommandLineTests(unittest.TestCase):
             self.assertNotIn("Traceback", err + out)
 
 
+    def test_busy_port_is_a_one_line_error(self):
+        import socket
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        self.addCleanup(busy.close)
+        port = busy.getsockname()[1]
+        for args in (("--role=web", "--listen", "tcp:%d:interface=127.0.0.1" % port,
+                      "--log-dir", "/tmp", "--programs", "etc/programs.ini"),
+                     ("--role=dispatch-push", "--zmq", "tcp://127.0.0.1:%d" % port,
+                      "--port", "1")):
+            code, out, err = run_twistd("-n", "--pidfile=", "minard", *args)
+            self.assertEqual(code, 1, args)
+            self.assertIn("minard: error: ", out + err)
+            self.assertNotIn("Traceback", out + err)
+
+
 class ParseTests(unittest.TestCase):
     def parse(self, *args):
         options = tap.Options()

@@ -1,10 +1,13 @@
 """What every minard process has besides its own work: a Redis connection, its
 self-instrumentation (`minard:stats:<process>`) and its own heartbeat to the logging server.
 """
+import sys
 import time
 
+import zmq
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from minard import zmqlink
@@ -20,6 +23,21 @@ class ProcessService(MultiService):
     while stopping (a pull worker's last flushes)."""
 
     last = ()
+
+    def privilegedStartService(self):
+        self._starting(MultiService.privilegedStartService)
+
+    def startService(self):
+        self._starting(MultiService.startService)
+
+    def _starting(self, start):
+        """A port that cannot be had is a one-line error and exit code 1, not a traceback."""
+        try:
+            start(self)
+        except (CannotListenError, zmq.ZMQError) as e:
+            sys.stderr.write("minard: error: %s\n" % (e,))
+            sys.stderr.flush()
+            raise SystemExit(1)
 
     def stopService(self):
         Service.stopService(self)
