@@ -176,6 +176,13 @@ class PagesTests(SiteTestMixin, unittest.TestCase):
             page.wait_for_function("() => document.querySelectorAll('#alarms tr').length == 4")
             page.wait_for_timeout(3000)
             assert page.evaluate("window.__beeps") == before
+            # a mute runs out (1 hour): the next shift hears the alarms again
+            page.evaluate("localStorage.setItem('minard.alarms.muted-until', "
+                          "JSON.stringify(Date.now() - 1))")
+            page.reload()
+            page.wait_for_function("() => document.querySelectorAll('#alarms tr').length == 4")
+            assert page.locator("#mute").get_attribute("aria-pressed") == "false"
+            page.wait_for_function("() => window.__beeps > 0", timeout=6000)
             assert page.evaluate("window.__xss") is None
             assert page.locator("#alarms img, #alarms script").count() == 0
 

@@ -4,7 +4,8 @@
  * get_alarm?start=<latest+1> every second.
  * An unacknowledged alarm of level >= 40 that arrived while the page is open (or is
  * younger than RING_RECENT_S) rings a two-tone beep made with the Web Audio API every
- * RING_EVERY_MS until it is acknowledged or the sound is muted. Mute and the
+ * RING_EVERY_MS until it is acknowledged or the sound is muted. Mute lasts MUTE_FOR_MS
+ * (a muted wall screen must not stay silent into the next shift); it and the
  * acknowledged alarms are kept in localStorage (per browser). Text goes in with
  * textContent only.
  */
@@ -17,7 +18,8 @@
   var RING_RECENT_S = 300;
   var DANGER = 40;
   var ACK_KEY = "minard.alarms.acked";
-  var MUTE_KEY = "minard.alarms.muted";
+  var MUTE_KEY = "minard.alarms.muted-until";
+  var MUTE_FOR_MS = 3600 * 1000;
   var NAMES = { 10: "DEBUG", 20: "INFO", 21: "SUCCESS", 30: "WARNING", 40: "DANGER",
                 50: "CRITICAL" };
 
@@ -52,7 +54,8 @@
   }
 
   /* -- sound ------------------------------------------------------------------------ */
-  var muted = !!load(MUTE_KEY, false);
+  var mutedUntil = Number(load(MUTE_KEY, 0)) || 0;
+  function isMuted() { return mutedUntil > Date.now(); }
   var audio = null;
   function audioContext() {
     if (!audio) {
@@ -95,17 +98,22 @@
 
   function showMute() {
     if (!muteButton) { return; }
+    var muted = isMuted();
     muteButton.setAttribute("aria-pressed", muted ? "true" : "false");
-    Minard.text(muteButton, muted ? "Sound muted (click to unmute)" : "Mute sound");
+    Minard.text(muteButton, muted
+      ? "Sound muted until " + new Date(mutedUntil).toISOString().slice(11, 16) +
+        " UTC (click to unmute)"
+      : "Mute sound for 1 hour");
   }
   if (muteButton) {
     muteButton.addEventListener("click", function () {
-      muted = !muted;
-      save(MUTE_KEY, muted);
+      mutedUntil = isMuted() ? 0 : Date.now() + MUTE_FOR_MS;
+      save(MUTE_KEY, mutedUntil);
       showMute();
     });
   }
   showMute();
+  setInterval(showMute, 30000);  // the button says so when the mute has run out
 
   /* -- rows ------------------------------------------------------------------------- */
   var byKey = {};     // alarm key -> {alarm, row, live}
@@ -244,11 +252,11 @@
   }
 
   setInterval(function () {
-    if (!muted && ringing().length) { beep(); }
+    if (!isMuted() && ringing().length) { beep(); }
   }, RING_EVERY_MS);
 
   poll(true);
   setInterval(function () { poll(false); }, POLL_MS);
-  window.MinardAlarms = { ringing: ringing, ack: ack, isMuted: function () { return muted; },
+  window.MinardAlarms = { ringing: ringing, ack: ack, isMuted: isMuted,
                           loadedAt: loadedAt };
 }());
