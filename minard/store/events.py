@@ -4,7 +4,10 @@ The script applies a flush payload (aggregate/events.py) to every interval: the 
 trig:nhit and trig:charge hashes, the last run/subrun/gtid, the worker heartbeat, the
 per-channel occupancy hits and event count, the exact nhit histogram and the compat nhit
 samples. Each flush carries an id; the script records it, so a flush retried after a
-timeout (applied, but the answer lost) is never counted twice.
+timeout (applied, but the answer lost) is never counted twice. The receipt time of the
+last event behind a bucket's run/subrun/gtid is kept in `minard:last:<I>:<b>` (outside
+the `ts:` namespace that other programs scan), so that with N workers the last event
+wins, whichever worker flushes last.
 """
 from minard.constants import (
     EXPIRE, HASH_EXPIRE, HASH_INTERVALS, INTERVALS, NHIT_SAMPLES, NHIT_SAMPLES_TTL,
@@ -38,7 +41,7 @@ for _, I in ipairs(%(intervals)s) do
     for f, v in pairs(p.trig) do redis.call('HINCRBY', trig, f, int(v)) end
     for f, v in pairs(p.nhit) do redis.call('HINCRBY', nhit, f, int(v)) end
     for f, v in pairs(p.charge) do redis.call('HINCRBY', charge, f, int(v)) end
-    local order_key = trig .. ':order'
+    local order_key = 'minard:last:' .. I .. ':' .. math.floor(t / I)
     local previous = redis.call('GET', order_key)
     if (not previous) or tonumber(previous) <= p.order then
       redis.call('SET', order_key, int(p.order), 'EX', ttl)
