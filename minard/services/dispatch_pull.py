@@ -28,6 +28,10 @@ GRACE = 0.3
 MAX_PENDING = 900
 #: After a failed flush, wait this long before retrying (s).
 RETRY_DELAY = 1.0
+#: On SIGTERM, close the ZeroMQ link after this long without a message (s), but do not
+#: wait longer than QUIET_WAIT_LIMIT for such a lull.
+QUIET_BEFORE_CLOSE = 0.15
+QUIET_WAIT_LIMIT = 2.0
 #: On SIGTERM, wait at most this long for the last flushes (s).
 STOP_TIMEOUT = 8.0
 
@@ -148,7 +152,18 @@ class PullWorker(ZmqWorker):
         """SIGTERM: flush every open second, wait (bounded) for the queue to drain."""
         self.stop_ticking()
         if self.link is not None:
-            self.link.drain()  # take in everything that already arrived
+            # Take in what arrived, and what is still on its way: ZeroMQ does not re-route
+            # the messages in flight to a PULL socket that closes, so close in a lull
+            # (QUIET_BEFORE_CLOSE without a message), waiting at most QUIET_WAIT_LIMIT.
+            self.link.drain()
+            quiet_since = self.clock.seconds()
+            give_up = quiet_since + QUIET_WAIT_LIMIT
+            while self.clock.seconds() < give_up:
+                yield task.deferLater(self.clock, 0.02, lambda: None)
+                if self.link.drain():
+                    quiet_since = self.clock.seconds()
+                elif self.clock.seconds() - quiet_since >= QUIET_BEFORE_CLOSE:
+                    break
             self.link.shutdown()
             self.link = None
         for second in sorted(self.open):
