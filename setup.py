@@ -7,7 +7,7 @@ setup(
     description="SNO+ online monitoring: event pipeline, data stream, dashboard, logging server",
     packages=find_packages(include=["minard", "minard.*"]) + ["twisted.plugins"],
     package_data={
-        "minard": ["web/templates/*.html", "static/*", "static/*/*", "static/*/*/*", "lua/*.lua"],
+        "minard": ["web/templates/*.html", "static/*", "static/*/*", "static/*/*/*", "store/*.lua"],
         "twisted": ["plugins/minard_plugin.py"],
     },
     include_package_data=True,

@@ -9,6 +9,7 @@ from twisted.application.internet import TimerService
 from twisted.logger import Logger
 
 from minard.store import keys
+from minard.store.scripts import Script
 
 PUBLISH_INTERVAL = 1.0
 #: On stop, the last snapshot waits at most this long for Redis (s).
@@ -49,12 +50,7 @@ class Stats:
 #: The hash is replaced, not updated: a restarted process (same name) must not show the
 #: counters of its previous life next to its own (HMSET kept them, e.g. an old
 #: dropped_events that the new process never had).
-REPLACE_SCRIPT = """
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
+REPLACE_SCRIPT = Script("stats_replace.lua")
 
 
 class StatsPublisher(TimerService):
@@ -75,7 +71,7 @@ class StatsPublisher(TimerService):
         args = [str(STATS_TTL)]
         for name, value in self.stats.snapshot().items():
             args += [name, str(value)]
-        d = self._pending = self.redis.eval(REPLACE_SCRIPT, [key], args)
+        d = self._pending = REPLACE_SCRIPT(self.redis, [key], args)
         d.addErrback(self._failed)
         d.addBoth(self._done)  # may run at once: _pending is set before
 

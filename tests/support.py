@@ -132,6 +132,11 @@ class SyncRedis:
             return [self._read(f) for _ in range(n)]
         raise RuntimeError("bad reply %r" % (line,))
 
+    def get_bytes(self, *args):
+        """A bulk reply as the bytes Redis holds (binary blobs)."""
+        reply = self.command(*args)
+        return None if reply is None else reply.encode("utf-8", "surrogateescape")
+
     def hgetall(self, key):
         flat = self.command("HGETALL", key)
         return dict(zip(flat[::2], flat[1::2]))

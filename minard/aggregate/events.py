@@ -74,7 +74,8 @@ class SecondAccumulator:
         return values.tolist()
 
     def payload(self, flush_id, rng):
-        """The JSON document the flush script applies (store/events.py)."""
+        """The JSON document the flush script applies (store/events.py). Occupancy is not
+        in it: it goes to the per-channel store (store/channels.py)."""
         doc = {"id": flush_id, "t": int(self.second), "events": int(self.events)}
         if self.events:
             present = np.flatnonzero(self.counts)
@@ -83,9 +84,6 @@ class SecondAccumulator:
             doc["charge"] = {FIELDS[i]: int(self.charge_sums[i]) for i in present}
             doc["last"] = list(self.last)
             doc["order"] = int(self.last_order)
-            hit_channels = np.flatnonzero(self.occupancy)
-            doc["occ"] = np.column_stack(
-                (hit_channels, self.occupancy[hit_channels])).ravel().tolist()
             nh = np.flatnonzero(self.nhit_hist)
             doc["hist"] = np.column_stack((nh, self.nhit_hist[nh])).ravel().tolist()
             doc["samples"] = self.nhit_sample(rng)

@@ -7,18 +7,18 @@ in Redis (SPEC §3, §4). Any number of workers per port.
   together in the next one, so a busy worker makes few round trips. The receipt time is
   the producer's stamp (ZeroMQ frame 0), so every worker agrees on it.
 * BASE: raw − 127 of the masked-in channels of present slots.
-* Values are summed per channel in memory by 5 s bucket (the smallest hash interval) and
-  flushed every second, also when idle, into `ts:H:b:<name>:sum/len` of every hash
-  interval in one round trip; then the due buckets are finalised (store/finalise.py).
-* While Redis is away, records and sums wait in memory, bounded; what a bound drops is
-  counted. A failed flush is retried as it was, with the same flush id, so a flush that
-  was applied but whose reply was lost is not counted twice.
+* Values go to the per-channel store (store/channels.py): this worker's running partial
+  of every open 5-s, 60-s and 1-day bucket is overwritten once a second, with its
+  progress (the second up to which every record it received is in them); buckets every
+  worker has passed are then finalised, by whichever worker claims them.
+* While Redis is away, records and partials wait in memory, bounded; what a bound drops
+  is counted. A partial overwrites the one before it, so a retried write that had in
+  fact been applied counts nothing twice.
 * Corrupt input (bad stamp, truncated records, wrong payload length, unknown record ids)
   is counted per kind and logged once per interval; it never stops the worker.
 * SIGTERM (stopService) flushes everything held, within a time limit.
 """
 import collections
-import itertools
 import os
 import uuid
 from urllib.parse import urlsplit
@@ -29,16 +29,15 @@ from twisted.internet import defer, task
 from minard import constants as C, zmqlink
 from minard.services.common import ProcessBase, ZmqWorker
 from minard.stats import CorruptionLog
-from minard.store.datastream import CmosState, SumsStore
-from minard.store.finalise import Finaliser
+from minard.store.channels import ChannelStore, Finaliser
+from minard.store.datastream import CmosState
 from minard.wire import datastream as ds
 
 #: How often the worker flushes and finalises (s).
 TICK = 1.0
-#: Sums are held by buckets of this many seconds (divides every hash interval).
-BUCKET = min(C.HASH_INTERVALS)
-#: Most buckets held while Redis is away (180 × 5 s = 15 minutes), per kind.
-MAX_PENDING_BUCKETS = 180
+#: Progress (the second up to which every record received is in the partials) stays
+#: this far behind the clock, for records still on their way from the producer (s).
+GRACE = 2
 #: Most CMOS records waiting for the state script (about 10 minutes of real load).
 MAX_QUEUED_RECORDS = 20000
 #: CMOS records per state-script call at most (keeps each script call short).
@@ -81,43 +80,6 @@ class PausablePullLink(zmqlink.PullLink):
             zmqlink.PullLink.doRead(self)
 
 
-class ChannelSums:
-    """Per-channel sums and sample counts of one quantity, by BUCKET-second bucket."""
-
-    def __init__(self, max_buckets=MAX_PENDING_BUCKETS):
-        self.max_buckets = max_buckets
-        self.buckets = {}
-
-    def add(self, second, index, values):
-        """Add one record's values (unique channel indices). Returns the samples a full
-        store had to drop (the oldest bucket goes)."""
-        b = int(second) // BUCKET
-        entry = self.buckets.get(b)
-        dropped = 0
-        if entry is None:
-            entry = self.buckets[b] = (np.zeros(C.N_CHANNELS), np.zeros(C.N_CHANNELS, np.int64))
-            while len(self.buckets) > self.max_buckets:
-                oldest = min(self.buckets)
-                dropped += int(self.buckets.pop(oldest)[1].sum())
-        entry[0][index] += values
-        entry[1][index] += 1
-        return dropped
-
-    def __len__(self):
-        return len(self.buckets)
-
-    def take(self):
-        """Everything held, as [(first second of bucket, index, sums, lens)]; empties."""
-        out = []
-        for b in sorted(self.buckets):
-            sums, lens = self.buckets[b]
-            index = np.flatnonzero(lens)
-            if len(index):
-                out.append((b * BUCKET, index, sums[index], lens[index]))
-        self.buckets = {}
-        return out
-
-
 def kinds_for(options):
     """The quantities a worker finalises: by its port (5557 cmos, 5558 base), else both."""
     port = options.get("port")
@@ -140,25 +102,21 @@ class DataConsumer(ZmqWorker):
         self.address = address
         self.kinds = list(kinds)
         self.state = CmosState(redis)
-        self.store = SumsStore(redis)
-        self.finaliser = Finaliser(redis)
+        self.redis = redis
         self.stats = stats
         self.clock = clock
         self.link_factory = link_factory or PausablePullLink
         self.corruption = CorruptionLog(stats, clock=clock.seconds)
-        self.sums = {"cmos": ChannelSums(), "base": ChannelSums()}
         self.queue = collections.deque()   # CMOS records waiting for the state script
         self.cmos_calls = collections.deque()  # state-script calls awaiting replies
         self.cmos_retry_at = 0.0
-        self.unsent = None                 # (flush_id, groups, samples) of a failed flush
-        self.flush_in_flight = None
         self.flush_retry_at = 0.0
         self.flush_failures = 0            # in a row
-        self.finalising = {}
         self._stopping = False
-        # flush ids must never collide between workers (a collision looks like a retry)
+        # writer ids must never collide between workers (each owns its partials)
         self._run = "data-consumer-%s" % (uuid.uuid4().hex,)
-        self._flush_ids = itertools.count()
+        self.channels = ChannelStore(redis, self._run, self.kinds, stats)
+        self.finalisers = {}
 
     # -- receiving -------------------------------------------------------------------
 
@@ -189,6 +147,7 @@ class DataConsumer(ZmqWorker):
             return
         if name not in self.kinds:
             self.kinds.append(name)  # finalise what we receive, whatever the port
+            self.channels.add_name(name)
         try:
             if name == "cmos":
                 self.add_cmos(ns, ds.decode_cmos(record.payload))
@@ -223,19 +182,17 @@ class DataConsumer(ZmqWorker):
     def _add(self, name, second, index, values):
         if not len(index):
             return
-        if self.clock.seconds() >= (second // BUCKET + 1) * BUCKET + C.FINALISE_DELAY:
-            self.stats.incr("late_samples", len(index))
-        dropped = self.sums[name].add(second, index, values)
-        if dropped:
-            self.stats.incr("dropped_samples", dropped)
-            self.corruption.trouble("sums_full", "Redis unreachable; oldest sums dropped")
+        writer = self.channels.add_name(name)
+        if writer.progress is not None and second <= writer.progress:
+            self.stats.incr("late_samples", len(index))  # a new field: finalised again
+        writer.add_samples(second, index, values)
 
     # -- CMOS state ------------------------------------------------------------------
 
     @property
     def cmos_in_flight(self):
         """The oldest state-script call still waiting for its reply, or None."""
-        return self.cmos_calls[0] if self.cmos_calls else None
+        return self.cmos_calls[0][0] if self.cmos_calls else None
 
     def pump_cmos(self):
         """Send queued CMOS records to the state script, in batches, with at most
@@ -246,17 +203,17 @@ class DataConsumer(ZmqWorker):
                 break
             batch = [self.queue.popleft() for _ in range(min(CMOS_BATCH, len(self.queue)))]
             d = self.state.rates(batch)
-            self.cmos_calls.append(d)
+            self.cmos_calls.append((d, batch))
             d.addCallbacks(self._rated, self._rating_failed, callbackArgs=(batch, d),
                            errbackArgs=(batch, d))
             d.addErrback(lambda f: self.log.failure("CMOS bookkeeping failed", f))
         return self.cmos_in_flight
 
     def _done_call(self, d):
-        try:
-            self.cmos_calls.remove(d)
-        except ValueError:
-            pass
+        for i, (call, batch) in enumerate(self.cmos_calls):
+            if call is d:
+                del self.cmos_calls[i]
+                return
 
     def _rated(self, results, batch, d):
         self._done_call(d)
@@ -285,68 +242,56 @@ class DataConsumer(ZmqWorker):
                 self.link.kick()
             self.pump_cmos()
             self.flush()
-            self.finalise()
             self.stats.set("queued_records", len(self.queue))
-            self.stats.set("pending_buckets", sum(len(s) for s in self.sums.values()))
+            self.stats.set("open_partials", sum(len(w.partials)
+                                                for w in self.channels.writers.values()))
         except Exception:
             self.log.failure("data consumer tick failed")
 
-    def _next_flush(self):
-        if self.unsent is not None:
-            return self.unsent
-        groups = []
-        samples = 0
-        for name, sums in self.sums.items():
-            for t, index, s, lens in sums.take():
-                groups.append((name, t, index, s, lens))
-                samples += int(lens.sum())
-        if not groups:
-            return None
-        self.unsent = ("%s:%d" % (self._run, next(self._flush_ids)), groups, samples)
-        return self.unsent
+    def progress(self):
+        """The second up to which every record received is in the partials: GRACE s
+        behind the clock, and before the oldest CMOS record still waiting for its rate."""
+        progress = int(self.clock.seconds()) - GRACE
+        waiting = [self.queue[0]] if self.queue else []
+        waiting += [batch[0] for _, batch in self.cmos_calls if batch]
+        for crate, ns, *_ in waiting:
+            progress = min(progress, ns // 1_000_000_000 - 1)
+        return progress
 
-    def flush(self):
-        """Flush what is held (one flush in flight at a time)."""
-        if self.flush_in_flight is not None:
-            return self.flush_in_flight
+    def flush(self, progress=None):
+        """Write the partials and progress of every quantity (one call in flight), then
+        finalise what every worker has passed."""
+        if self.channels.in_flight is not None:
+            return self.channels.in_flight
         if self.clock.seconds() < self.flush_retry_at:
             return None
-        pending = self._next_flush()
-        if pending is None:
+        progress = self.progress() if progress is None else progress
+        for name in self.kinds:
+            self.channels.add_name(name).advance(progress)
+        d = self.channels.write()
+        if d is None:
             return None
-        flush_id, groups, samples = pending
-        d = self.flush_in_flight = self.store.flush(flush_id, groups)
 
-        def applied(result):
-            self.flush_in_flight = None
-            self.unsent = None
-            self.stats.incr("flushed_samples", samples)
+        def applied(names):
+            if not self._stopping:
+                self.finalise()
 
         def failed(failure):
-            self.flush_in_flight = None
             self.flush_retry_at = self.clock.seconds() + RETRY_DELAY
 
         return self.watch_flush(d, applied, failed)
 
     def finalise(self):
-        now = int(self.clock.seconds())
         for name in self.kinds:
-            if self.finalising.get(name) is not None:
-                continue
-            d = self.finalising[name] = self.finaliser.finalise_due(name, "mean", now)
+            f = self.finalisers.get(name)
+            if f is None:
+                f = self.finalisers[name] = Finaliser(self.redis, name, self._run, self.stats)
 
-            def done(result, name=name):
-                self.finalising[name] = None
-                n = sum(result.values())
-                if n:
-                    self.stats.incr("finalised_" + name, n)
-
-            def failed(failure, name=name):
-                self.finalising[name] = None
+            def failed(failure):
                 self.stats.incr("finalise_errors")
                 self.corruption.trouble("finalise_failed", failure.getErrorMessage())
 
-            d.addCallbacks(done, failed)
+            f.finalise().addErrback(failed)
 
     # -- stopping --------------------------------------------------------------------
 
@@ -367,9 +312,10 @@ class DataConsumer(ZmqWorker):
                 if self.queue:  # waiting out a retry delay
                     yield task.deferLater(self.clock, 0.2, lambda: None)
                     continue
-                d = self.flush_in_flight or self.flush()
+                # every record received is in the partials: progress up to now
+                d = self.flush(progress=int(self.clock.seconds()))
                 if d is None:
-                    if self.unsent is None and not any(len(s) for s in self.sums.values()):
+                    if not self.channels.unwritten():
                         break
                     yield task.deferLater(self.clock, 0.2, lambda: None)
                     continue
@@ -378,10 +324,10 @@ class DataConsumer(ZmqWorker):
             except Exception:
                 pass
         lost = len(self.queue)
-        held = sum(len(s) for s in self.sums.values()) + (self.unsent is not None)
-        if lost or held:
-            self.log.error("stopping with {n} CMOS records and {b} sum buckets unwritten",
-                           n=lost, b=held)
+        if lost or self.channels.unwritten():
+            self.log.error("stopping with {n} CMOS records and partials unwritten", n=lost)
+        else:
+            yield self.channels.leave()
 
 
 def status_of(consumer):

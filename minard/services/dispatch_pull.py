@@ -5,6 +5,11 @@ flushes each second in one atomic script when it ends, also when idle (the heart
 Flushes go out one at a time, in order; while Redis is away they wait in a bounded queue
 and are retried (a flush id makes a retry of an applied flush harmless); what the bound
 drops is counted. SIGTERM flushes the open seconds before exiting.
+
+Occupancy (hits per channel) goes to the per-channel store (store/channels.py): the
+worker's running partial of each open 5-s, 60-s and 1-day bucket is overwritten once a
+second with its progress (the last second closed), and the buckets every worker has
+passed are finalised, by whichever worker claims them.
 """
 import itertools
 import uuid
@@ -16,8 +21,8 @@ from minard import zmqlink
 from minard.aggregate.events import SecondAccumulator
 from minard.services.common import ProcessBase, ZmqWorker
 from minard.stats import CorruptionLog
+from minard.store.channels import ChannelStore, Finaliser
 from minard.store.events import EventStore
-from minard.store.finalise import Finaliser
 from minard.wire.sno import decode_batch
 
 #: How often the worker looks for ended seconds (s).
@@ -39,13 +44,12 @@ STOP_TIMEOUT = 8.0
 class PullWorker(ZmqWorker):
     tick_interval = TICK
 
-    def __init__(self, name, address, store, stats, clock, finaliser=None, rng=None):
+    def __init__(self, name, address, store, stats, clock, redis=None, rng=None):
         self.name = name
         self.address = address
         self.store = store
         self.stats = stats
         self.clock = clock
-        self.finaliser = finaliser
         self.rng = rng or np.random.default_rng()
         self.corruption = CorruptionLog(stats, clock=clock.seconds)
         self.open = {}                 # second -> SecondAccumulator
@@ -57,6 +61,12 @@ class PullWorker(ZmqWorker):
         self._flush_ids = itertools.count()
         self._run = "%s-%s" % (name, uuid.uuid4().hex)  # unique even for a repeated --name
         self._stopping = False
+        # per-channel occupancy (None: a worker without it, in some tests)
+        self.channels = self.finaliser = None
+        self.channels_retry_at = 0.0
+        if redis is not None:
+            self.channels = ChannelStore(redis, self._run, ["occupancy"], stats)
+            self.finaliser = Finaliser(redis, "occupancy", self._run, stats)
 
     # -- receiving -----------------------------------------------------------------
 
@@ -89,6 +99,7 @@ class PullWorker(ZmqWorker):
             now = self.clock.seconds()
             self.close_seconds(int(now - 1 - GRACE))
             self.pump()
+            self.write_channels()
             self.stats.set("open_seconds", len(self.open))
             self.stats.set("pending_flushes", len(self.pending))
         except Exception:
@@ -103,8 +114,12 @@ class PullWorker(ZmqWorker):
             if up_to not in closing:
                 self._queue(SecondAccumulator(up_to))  # heartbeat of an idle second
             self.last_closed = up_to
+        if self.channels is not None:
+            self.channels["occupancy"].advance(self.last_closed)
 
     def _queue(self, acc):
+        if self.channels is not None and acc.events:
+            self.channels["occupancy"].add_hits(acc.second, acc.occupancy, acc.events)
         flush_id = "%s:%d" % (self._run, next(self._flush_ids))
         self.pending.append((acc.second, acc.events, acc.payload(flush_id, self.rng)))
         while len(self.pending) > MAX_PENDING:
@@ -128,7 +143,6 @@ class PullWorker(ZmqWorker):
             if self.pending and self.pending[0][2] is payload:
                 self.pending.pop(0)
             self.stats.incr("flushed_events", events)
-            self._finalise(second)
             if not self._stopping:
                 self.pump()
 
@@ -138,14 +152,33 @@ class PullWorker(ZmqWorker):
 
         return self.watch_flush(d, applied, failed)
 
-    def _finalise(self, flushed_second):
-        """Finalise what is due as of the second just flushed (not the wall clock): while a
-        backlog drains after an outage, every bucket then gets its turn, once its data
-        are in, instead of being skipped or finalised from part of its data."""
-        if self.finaliser is None:
-            return
-        d = self.finaliser.finalise_due("occupancy", "ratio", flushed_second + 1)
-        d.addErrback(lambda f: self.stats.incr("finalise_errors"))
+    def write_channels(self):
+        """Write the occupancy partials and progress (one call in flight), then finalise
+        what every worker has passed. Data-driven: after an outage the finaliser follows
+        the progress of the slowest worker, not the wall clock."""
+        if self.channels is None or self.clock.seconds() < self.channels_retry_at:
+            return None
+        d = self.channels.write()
+        if d is None:
+            return None
+
+        def written(_):
+            self.stats.set("channel_progress", self.channels["occupancy"].progress or 0)
+            if not self._stopping:
+                f = self.finaliser.finalise()
+                f.addErrback(self._finalise_failed)
+
+        def failed(failure):
+            self.stats.incr("channel_write_errors")
+            self.channels_retry_at = self.clock.seconds() + RETRY_DELAY
+            self.corruption.trouble("channel_write_failed", failure.getErrorMessage())
+
+        d.addCallbacks(written, failed)
+        return d
+
+    def _finalise_failed(self, failure):
+        self.stats.incr("finalise_errors")
+        self.corruption.trouble("finalise_failed", failure.getErrorMessage())
 
     @defer.inlineCallbacks
     def stopService(self):
@@ -168,6 +201,8 @@ class PullWorker(ZmqWorker):
             self.link = None
         for second in sorted(self.open):
             self._queue(self.open.pop(second))
+            self.last_closed = max(second, self.last_closed or second)
+        self.channels_retry_at = 0.0
         deadline = self.clock.seconds() + STOP_TIMEOUT
         self.retry_at = 0.0
         while self.pending and self.clock.seconds() < deadline:
@@ -180,6 +215,22 @@ class PullWorker(ZmqWorker):
                 pass
             if self.in_flight is None and self.pending and self.retry_at:
                 yield task.deferLater(self.clock, 0.2, lambda: None)
+        if self.channels is not None:
+            # the last partials, then leave: the other workers need not wait for this one
+            if self.last_closed is not None:
+                self.channels["occupancy"].advance(self.last_closed)
+            while self.clock.seconds() < deadline:
+                d = self.channels.in_flight or self.write_channels()
+                if d is not None:
+                    yield d
+                elif not self.channels.unwritten():
+                    break
+                else:  # waiting out a retry delay
+                    yield task.deferLater(self.clock, 0.2, lambda: None)
+            if self.channels.unwritten():
+                self.log.error("stopping with occupancy partials unwritten")
+            else:
+                yield self.channels.leave()
         self.stats.set("open_seconds", len(self.open))
         self.stats.set("pending_flushes", len(self.pending))
         if self.pending:
@@ -212,7 +263,7 @@ def make_service(options, reactor):
     name = options["name"]
     base = ProcessBase(options, name, heartbeat_name=name)
     worker = PullWorker(name, options["zmq"], EventStore(base.redis), base.stats,
-                        reactor, finaliser=Finaliser(base.redis))
+                        reactor, redis=base.redis)
     base.status = lambda: status_of(worker)
     worker.setServiceParent(base.service)
     return base.service

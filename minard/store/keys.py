@@ -1,10 +1,54 @@
-"""Every Redis key name minard reads or writes (SPEC §4). Nothing else spells a key."""
-from minard.constants import EXPIRE, HASH_EXPIRE
+"""Every Redis key name minard reads or writes (SPEC §4). Nothing else spells a key.
+
+Compat keys (SPEC §4: other SNO+ programs read or write them) keep their names and types:
+`ts:<I>:<b>:trig`, `…:trig:nhit`, `…:trig:charge`, `…:heartbeat`, `ts:1:<sec>:nhit`,
+`ts:<H>:<b>:nhit:hist`, `dispatcher`, `heartbeat:<name>`, `uptime:<name>`, `alarms:*`, and
+the keys of other programs (L1, L2, l2:<state>, nearline:*).
+
+Per-channel data (occupancy, cmos, base) is minard's own and lives outside the `ts:`
+namespace that other programs scan. Its layout (store/channels.py has the byte formats):
+
+  minard:part:<name>:<H>:<b>   hash, while bucket b of interval H is open: one field per
+                               writer (a worker's running partial, a packed blob that the
+                               worker overwrites: idempotent), and `~v`, a version bumped
+                               by every write. TTL H + RAW_HASH_TTL_EXTRA after the last.
+  minard:open:<name>           sorted set of buckets '<H>:<b>' with parts not yet
+                               finalised, scored by the bucket's last second.
+  minard:writers:<name>        hash writer -> '<progress second> <Redis time>': every
+                               second up to progress is in the writer's parts.
+  minard:claim:<name>:<H>:<b>  string, a finaliser's short claim on a bucket (PX 10 s).
+  minard:chan:<name>:<H>:<b>   string, the finalised bucket: a header, float32 values of
+                               the 10240 channels (NaN = no data), and the card and crate
+                               averages and maxima. TTL H × HASH_EXPIRE.
+
+The layout before it (one hash field per channel: `ts:<H>:<b>:<name>`, `…:card:avg` …,
+`…:lock`, raw `…:occupancy:hits/count`, `…:<name>:sum/len`) is only read by the one-shot
+migration (minard/store/migrate.py, `minard-migrate-store`).
+"""
+from minard.constants import EXPIRE, HASH_EXPIRE, HASH_INTERVALS, INTERVALS
 
 
 def bucket(t, interval):
     """The bucket number of unix time t for an interval: b = t // I."""
     return int(t) // interval
+
+
+def interval_for(step):
+    """The largest bucket interval I <= step (at least 1)."""
+    best = INTERVALS[0]
+    for interval in INTERVALS:
+        if interval <= step:
+            best = interval
+    return best
+
+
+def hash_interval_for(step):
+    """The largest per-channel hash interval H <= step, or the smallest if step < it."""
+    best = HASH_INTERVALS[0]
+    for interval in HASH_INTERVALS:
+        if interval <= step:
+            best = interval
+    return best
 
 
 def ts(interval, b, name):
@@ -104,3 +148,44 @@ def ts_scalar(interval, b, name):
 def cmos_state(crate):
     """Hash slot -> packed previous (count, receipt time) of the slot's 32 CMOS channels."""
     return "cmos:state:%d" % (crate,)
+
+
+# -- per-channel data (minard's own layout: see the module docstring) -------------------
+
+def channel_part(name, interval, b):
+    return "minard:part:%s:%d:%d" % (name, interval, b)
+
+
+def channel_part_prefix(name):
+    """`minard:part:<name>:` — the finaliser's script appends the member '<H>:<b>'."""
+    return "minard:part:%s:" % (name,)
+
+
+def channel_open(name):
+    return "minard:open:%s" % (name,)
+
+
+def channel_writers(name):
+    return "minard:writers:%s" % (name,)
+
+
+def channel_claim_prefix(name):
+    return "minard:claim:%s:" % (name,)
+
+
+def channel_claim(name, member):
+    return channel_claim_prefix(name) + member
+
+
+def channel_final(name, interval, b):
+    return "minard:chan:%s:%d:%d" % (name, interval, b)
+
+
+def bucket_member(interval, b):
+    """A bucket as a member of minard:open:<name>: '<H>:<b>'."""
+    return "%d:%d" % (interval, b)
+
+
+def parse_member(member):
+    interval, b = member.split(":")
+    return int(interval), int(b)

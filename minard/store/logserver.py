@@ -7,24 +7,14 @@ import json
 
 from minard.constants import ALARM_TTL
 from minard.store import keys
+from minard.store.scripts import Script
 
 #: KEYS heartbeat, uptime; ARGV status, expire, now.
 #: uptime keeps the time the heartbeat (re)appeared: set only when missing, TTL refreshed.
-HEARTBEAT_SCRIPT = """
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if not redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2], 'NX') then
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-end
-return 1
-"""
+HEARTBEAT_SCRIPT = Script("heartbeat.lua")
 
 #: KEYS alarms:count; ARGV level, message, time, ttl, key prefix. id = INCR count - 1.
-ALARM_SCRIPT = """
-local id = redis.call('INCR', KEYS[1]) - 1
-local alarm = cjson.encode({id=id, level=tonumber(ARGV[1]), message=ARGV[2], time=ARGV[3]})
-redis.call('SET', ARGV[5] .. id, alarm, 'EX', ARGV[4])
-return id
-"""
+ALARM_SCRIPT = Script("alarm.lua")
 
 
 def iso_utc(t):
@@ -35,14 +25,14 @@ def iso_utc(t):
 
 def post_heartbeat(redis, name, status, expire, now):
     """Set heartbeat:<name> = status and keep uptime:<name>, both with TTL expire."""
-    return redis.eval(HEARTBEAT_SCRIPT, [keys.heartbeat(name), keys.uptime(name)],
-                      [status, int(expire), int(now)])
+    return HEARTBEAT_SCRIPT(redis, [keys.heartbeat(name), keys.uptime(name)],
+                            [status, int(expire), int(now)])
 
 
 def raise_alarm(redis, level, message, now, ttl=ALARM_TTL):
     """Store alarms:<id> as JSON {id, level, message, time}; the Deferred fires with id."""
-    d = redis.eval(ALARM_SCRIPT, [keys.ALARMS_COUNT],
-                   [int(level), message, iso_utc(now), int(ttl), keys.ALARM_PREFIX])
+    d = ALARM_SCRIPT(redis, [keys.ALARMS_COUNT],
+                     [int(level), message, iso_utc(now), int(ttl), keys.ALARM_PREFIX])
     return d.addCallback(int)
 
 

@@ -8,74 +8,27 @@ Semantics follow the original site (reference §3 "Read helpers", §4):
 * a series at step s samples one bucket of interval I = largest INTERVALS <= s per point
   (`ts:<I>:<i // I>:<name>` for i in range(start, stop, step)); it does not sum buckets;
 * per-channel series use H = largest HASH_INTERVALS <= s (5 if s < 5) and read the
-  finalised hashes and their card/crate roll-ups.
+  finalised buckets of the per-channel store (store/channels.py): 4 bytes (GETRANGE) of
+  each bucket's packed array per point.
 """
 import json
 import math
+
+import numpy as np
 
 from twisted.internet import defer
 
 from minard.constants import (ALARMS_DEFAULT_BACK, ALARMS_PER_ANSWER, L2_MAX_FILES,
                               N_CHANNELS, NHIT_HIST_INTERVAL, OWL_CHANNELS, STALE_LOOKBACK,
                               TRIGGERS, TRIGGER_BIT)
-from minard.store import keys
-from minard.web.timeparse import BadRequest, hash_interval_for, interval_for
+from minard.errors import BadRequest
+from minard.store import channels, keys
+from minard.store.keys import hash_interval_for, interval_for
+from minard.store.scripts import Script
 
-BATCH_SCRIPT = """
--- Read-only. ARGV[1]: JSON list of groups [op, nkeys, [args]]; KEYS: every group's keys
--- in order. Reply: one JSON string, a list (per group) of lists (per key) of replies.
-local spec = cjson.decode(ARGV[1])
-local out = {}
-local k = 0
-for g = 1, #spec do
-  local op, n, args = spec[g][1], spec[g][2], spec[g][3]
-  local res = {}
-  for i = 1, n do
-    k = k + 1
-    local key = KEYS[k]
-    if op == 'GET' then res[i] = redis.call('GET', key)
-    elseif op == 'HMGET' then res[i] = redis.call('HMGET', key, unpack(args))
-    elseif op == 'HGETALL' then res[i] = redis.call('HGETALL', key)
-    elseif op == 'LRANGE' then res[i] = redis.call('LRANGE', key, 0, -1)
-    elseif op == 'EXISTS' then res[i] = redis.call('EXISTS', key)
-    else return redis.error_reply('unknown read ' .. tostring(op)) end
-  end
-  out[g] = res
-end
-return cjson.encode(out)
-"""
+BATCH_SCRIPT = Script("read_batch.lua")
 
-LATEST_FINALISED_SCRIPT = """
--- Read-only. KEYS: lock1, hash1, lock2, hash2, ... newest first.
--- Reply: JSON [i, flat HGETALL] for the first finalised (lock present) pair, or [0].
-for i = 1, #KEYS, 2 do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    return cjson.encode({(i + 1) / 2, redis.call('HGETALL', KEYS[i + 1])})
-  end
-end
-return cjson.encode({0})
-"""
-
-ALARMS_SCRIPT = """
--- Read-only. KEYS[1]: alarms:count. ARGV: prefix of alarms:<id>, start ('' = the last
--- ARGV[3]), how many back by default, at most this many.
--- Reply: JSON [count, last id covered, [alarm JSON strings that still exist]].
-local count = tonumber(redis.call('GET', KEYS[1]))
-if not count then return cjson.encode({-1, -1, {}}) end
-local start = tonumber(ARGV[2])
-if not start then
-  start = math.max(count - tonumber(ARGV[3]), 0)
-elseif start < 0 then
-  start = math.max(count + start, 0)
-end
-local stop = math.min(count, start + tonumber(ARGV[4]))
-local found = {}
-for id = start, stop - 1 do
-  local v = redis.call('GET', ARGV[1] .. id)
-  if v then found[#found + 1] = v end
-end
-return cjson.encode({count, math.max(stop, math.min(start, count)) - 1, found})
-"""
+ALARMS_SCRIPT = Script("read_alarms.lua")
 
 #: Expressions whose value is the raw string (SPEC §5.1).
 RAW_TRIG_FIELDS = ("gtid", "run", "subrun")
@@ -200,8 +153,7 @@ class Reads:
             all_keys.extend(group_keys)
         if not all_keys:
             return defer.succeed([[] for _ in groups])
-        d = self.redis.execute_command("EVAL", BATCH_SCRIPT, len(all_keys), *all_keys,
-                                       json.dumps(spec))
+        d = BATCH_SCRIPT(self.redis, all_keys, [json.dumps(spec)])
         d.addCallback(self._decode_batch, groups)
         return d
 
@@ -226,7 +178,7 @@ class Reads:
         return out
 
     def _eval_json(self, script, script_keys, args=()):
-        d = self.redis.execute_command("EVAL", script, len(script_keys), *script_keys, *args)
+        d = script(self.redis, script_keys, args)
         d.addCallback(json.loads)
         return d
 
@@ -268,70 +220,61 @@ class Reads:
             series[e.text] = values
         return series
 
-    @defer.inlineCallbacks
     def hash_series(self, name, start, stop, step, crate, card=None, channel=None,
                     method="avg"):
         """Per point: a channel's value, or a card's / crate's avg or max (floats or None)."""
         interval = hash_interval_for(step)
         buckets = [i // interval for i in range(start, stop, step)]
-        if channel is not None:
-            key_of = lambda b: keys.ts(interval, b, name)  # noqa: E731
-            field = crate << 9 | card << 5 | channel
-        elif card is not None:
-            key_of = lambda b: keys.rollup(interval, b, name, "card", method)  # noqa: E731
-            field = crate << 9 | card << 5
-        else:
-            key_of = lambda b: keys.rollup(interval, b, name, "crate", method)  # noqa: E731
-            field = crate
-        (values,) = yield self.batch([("HMGET", [key_of(b) for b in buckets], [field])])
-        return [_number(v[0]) if v else None for v in values]
+        return channels.value_series(self.redis, name, interval, buckets, crate, card,
+                                     channel, method)
 
     @defer.inlineCallbacks
     def owl_series(self, name, start, stop, step, method="avg"):
-        """Per point: NaN-aware mean (avg) or max over the 48 OWL channels."""
+        """Per point: NaN-aware mean (avg) or max over the 48 OWL channels (crates 3, 13,
+        18; card 15; channels 16-31: one contiguous range of 16 values per crate)."""
         interval = hash_interval_for(step)
         buckets = [i // interval for i in range(start, stop, step)]
-        (values,) = yield self.batch([("HMGET", [keys.ts(interval, b, name) for b in buckets],
-                                       list(OWL_CHANNELS))])
+        per_crate = []
+        for crate in sorted({i >> 9 for i in OWL_CHANNELS}):
+            first = [i for i in OWL_CHANNELS if i >> 9 == crate]
+            offset, _ = channels.series_offset(crate, 15, min(first) & 31)
+            raws = yield channels.read_series(self.redis, name, interval, buckets, offset,
+                                              4 * len(first))
+            per_crate.append(raws)
         out = []
-        for v in values:
-            xs = [x for x in (_number(s) for s in (v or ())) if x is not None]
+        for p in range(len(buckets)):
+            xs = []
+            for raws in per_crate:
+                raw = raws[p] if p < len(raws) else b""
+                if raw:
+                    v = np.frombuffer(raw[:len(raw) // 4 * 4], channels.VALUE)
+                    xs.extend(float(x) for x in v if x == x)
             if not xs:
                 out.append(None)
             elif method == "max":
-                out.append(max(xs))
+                out.append(float("%.7g" % max(xs)))
             else:
-                out.append(sum(xs) / len(xs))
+                out.append(float("%.7g" % (sum(xs) / len(xs))))
         return out
 
     # -- latest values -----------------------------------------------------------------------
 
     @defer.inlineCallbacks
     def latest_channels(self, name, step, now):
-        """The newest finalised hash of `name` at interval H(step): (H, bucket, values).
+        """The newest finalised bucket of `name` at interval H(step): (H, bucket, values).
 
-        Finalisation runs FINALISE_DELAY s after a bucket ends, so the newest complete
-        bucket (now // H − 1) may not be finalised yet: then the one before it is used.
-        values is a list of N_CHANNELS floats or None; bucket is None when neither exists.
+        A bucket is finalised a few seconds after it ends (once every worker has flushed
+        past it), so the newest complete bucket (now // H − 1) may not be finalised yet:
+        then the one before it is used. values is a list of N_CHANNELS floats or None;
+        bucket is None when neither exists.
         """
         interval = hash_interval_for(step)
         newest = int(now) // interval - 1
         candidates = [newest, newest - 1]
-        script_keys = []
-        for b in candidates:
-            script_keys += [keys.finalise_lock(interval, b, name), keys.ts(interval, b, name)]
-        reply = yield self._eval_json(LATEST_FINALISED_SCRIPT, script_keys)
-        values = [None] * N_CHANNELS
-        if not reply or not reply[0]:
-            return interval, None, values
-        for field, v in _pairs(reply[1]).items():
-            try:
-                i = int(field)
-            except ValueError:
-                continue
-            if 0 <= i < N_CHANNELS:
-                values[i] = _number(v)
-        return interval, candidates[int(reply[0]) - 1], values
+        position, blob = yield channels.latest(self.redis, name, interval, candidates)
+        if position is None:
+            return interval, None, [None] * N_CHANNELS
+        return interval, candidates[position], channels.to_json_values(blob["values"])
 
     @defer.inlineCallbacks
     def nhit_samples(self, seconds, now):

@@ -12,7 +12,9 @@ import math
 import re
 from datetime import datetime, timezone
 
-from minard.constants import HASH_INTERVALS, INTERVALS, MAX_POINTS
+from minard.constants import MAX_POINTS
+from minard.errors import BadRequest, NotFound  # noqa: F401 (the site's errors)
+from minard.store.keys import hash_interval_for, interval_for  # noqa: F401
 
 #: Times before this or after the year 3000 are mistakes, not requests.
 EARLIEST = 0.0
@@ -23,14 +25,6 @@ _ISO = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})"
     r"(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?)?"
     r"(Z|z|[+-]\d{2}:?\d{2})?$")
-
-
-class BadRequest(Exception):
-    """A client sent something unusable; str() is the reason (answered with 400)."""
-
-
-class NotFound(Exception):
-    """A client named something unknown (answered with 404)."""
 
 
 def parse_time(text, name):
@@ -108,21 +102,3 @@ def parse_window(start, stop, step, now, server_now, max_points=MAX_POINTS):
         raise BadRequest("too many points: %d (at most %d; use a larger step)"
                          % (points, max_points))
     return t0, t1, step
-
-
-def interval_for(step):
-    """The largest bucket interval I <= step (at least 1)."""
-    best = INTERVALS[0]
-    for interval in INTERVALS:
-        if interval <= step:
-            best = interval
-    return best
-
-
-def hash_interval_for(step):
-    """The largest per-channel hash interval H <= step, or the smallest if step < it."""
-    best = HASH_INTERVALS[0]
-    for interval in HASH_INTERVALS:
-        if interval <= step:
-            best = interval
-    return best
