@@ -145,7 +145,7 @@ PRODUCTION = Layout(
     redis_dir="/var/lib/redis",
     redis_pidfile="/run/redis/redis-server.pid",
     redis_logfile="/var/log/redis/redis-server.log",
-    redis_maxmemory="12gb",
+    redis_maxmemory="2gb",
     supervisord_pidfile="/run/minard-supervisord.pid",
     nginx_pidfile="/run/nginx.pid",
     nginx_error_log="/var/log/nginx/error.log",
@@ -177,7 +177,7 @@ def local_layout(directory, ports=None, repo=REPO, twistd=None, stale_after=30, 
         redis_dir=os.path.join(directory, "redis"),
         redis_pidfile=os.path.join(directory, "redis", "redis-server.pid"),
         redis_logfile="",
-        redis_maxmemory="4gb",
+        redis_maxmemory="2gb",
         supervisord_pidfile=os.path.join(directory, "supervisord.pid"),
         nginx_pidfile=os.path.join(directory, "nginx", "nginx.pid"),
         nginx_error_log="stderr",
@@ -521,16 +521,15 @@ rdbchecksum yes
 stop-writes-on-bgsave-error yes
 appendonly no
 
-# Memory: the per-channel hashes dominate. A finalised occupancy, cmos or base hash holds
-# ~10k channels, ~0.8 MB in Redis; SPEC keeps 1200 buckets of each of the 5 s, 60 s and
-# 1 day intervals: 3 x 3 x 1200 x 0.8 MB = ~9 GB at steady state (the 5 s ones alone reach
-# ~2.9 GB after 100 minutes, the 60 s ones ~2.9 GB after 20 h, the daily ones grow for
-# 3.3 years). The limit must hold all that: eviction is an emergency brake, not a plan.
-# Every time-series key minard writes expires; keys without a TTL (e.g. alarms:count,
-# nearline:*) are never evicted: volatile-lru only drops expiring keys, the least used first.
+# Memory: nothing of minard's may ever be evicted (an evicted second reads as rate 0, an
+# evicted alarm is a lost alarm), so Redis refuses writes when full instead (noeviction),
+# and maxmemory is a budget that SPEC's retention cannot reach. Per-channel data are
+# packed float32 arrays, ~48 KB per finalised bucket in Redis: 3 quantities x 3 intervals
+# (5 s, 60 s, 1 day) x 1200 buckets = ~0.5 GB, plus the scalar series, open partials and
+# nhit histograms: ~0.7 GB at steady state (bench/README.md, bench_store.py). The log
+# server's watchdog raises an alarm at 80 % of maxmemory; /metrics exports the usage.
 maxmemory {maxmemory}
-maxmemory-policy volatile-lru
-maxmemory-samples 5
+maxmemory-policy noeviction
 lazyfree-lazy-eviction yes
 lazyfree-lazy-expire yes
 """.format(port=layout.ports["redis"], supervised="auto" if production else "no",

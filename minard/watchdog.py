@@ -5,7 +5,11 @@ flat line. Three conditions are watched, each on its own:
 
 * `pull`: no dispatch-pull worker heartbeat (`ts:1:<b>:heartbeat`) in recent seconds;
 * `dispatcher`: the `dispatcher` key is missing (the push side has no dispatcher link);
-* `events`: the pull workers are alive but TOTAL of `ts:1:<b>:trig` stays missing or 0.
+* `events`: the pull workers are alive but TOTAL of `ts:1:<b>:trig` stays missing or 0;
+* `memory`: Redis uses MEMORY_ALARM (80 %) or more of its maxmemory. Redis runs with
+  `noeviction` (nothing of minard's is ever evicted), so a full Redis refuses writes:
+  the shifter is warned well before, at once (no `after` wait), and again by a
+  "cleared" alarm when usage is back below the mark.
 
 A condition that lasts `after` seconds raises ONE alarm (level 40); when the data come
 back ONE "cleared" alarm at level 21 (SUCCESS) is recorded. While the pull workers are
@@ -19,6 +23,7 @@ from twisted.logger import Logger
 from minard import constants as C
 from minard.store import keys
 from minard.store import logserver as store
+from minard.store import reads
 
 #: Seconds looked at on each tick: the current one and a few before it (a worker
 #: writes a second when it ends, a little after the tick may have looked).
@@ -28,15 +33,21 @@ ALARM_NAME = "watchdog"
 WATCHDOG_KEYS = {"enabled", "after-seconds"}
 
 
-class Condition:
-    """One watched condition: when it last was fine and whether its alarm is up."""
+#: Alarm when Redis uses this share of its maxmemory.
+MEMORY_ALARM = 0.8
 
-    def __init__(self, name, stale_text, cleared_text, since):
+
+class Condition:
+    """One watched condition: when it last was fine and whether its alarm is up. `after`
+    None: the watchdog's after-seconds."""
+
+    def __init__(self, name, stale_text, cleared_text, since, after=None):
         self.name = name
         self.stale_text = stale_text
         self.cleared_text = cleared_text
         self.last_ok = since
         self.alarmed = False
+        self.after = after
 
 
 class Watchdog(TimerService):
@@ -66,6 +77,8 @@ class Watchdog(TimerService):
                                     % after, "the dispatcher link is up again", now),
             "events": Condition("events", "no events for %d s (event rate is 0)" % after,
                                 "events are arriving again", now),
+            "memory": Condition("memory", "", "Redis memory back below %d %% of maxmemory"
+                                % (MEMORY_ALARM * 100), now, after=0),
         }
         TimerService.startService(self)
 
@@ -113,6 +126,16 @@ class Watchdog(TimerService):
         if not pull_ok and not events_ok:
             events.last_ok = max(events.last_ok, now)  # unknown, not zero
         yield self._update(events, events_ok, now)
+        memory = yield reads.redis_memory(self.redis)
+        memory_cond = self.conditions["memory"]
+        if memory["ratio"] is not None and memory["ratio"] >= MEMORY_ALARM:
+            memory_cond.stale_text = (
+                "Redis uses %.0f %% of its maxmemory (%.2f of %.2f GB): at 100 %% it refuses "
+                "writes and monitoring data are lost; see README, sizing Redis"
+                % (memory["ratio"] * 100, memory["used"] / 1e9, memory["max"] / 1e9))
+            yield self._update(memory_cond, False, now)
+        else:
+            yield self._update(memory_cond, True, now)
         if self._failing:
             self.log.info("watchdog: checks work again")
         self._failing = False
@@ -124,7 +147,8 @@ class Watchdog(TimerService):
             if condition.alarmed:
                 yield self._alarm(21, condition.cleared_text, now)
                 condition.alarmed = False
-        elif not condition.alarmed and now - condition.last_ok >= self.after:
+        elif not condition.alarmed and now - condition.last_ok >= (
+                self.after if condition.after is None else condition.after):
             yield self._alarm(C.ALARM_LEVEL, condition.stale_text, now)
             condition.alarmed = True
 

@@ -207,8 +207,8 @@ class ProductionFilesTests(unittest.TestCase):
 
         self.assertEqual(get("save"), "900 1 300 10 60 10000")
         self.assertEqual(get("dbfilename"), "dump.rdb")
-        self.assertEqual(get("maxmemory"), str(12 * 1024 ** 3))
-        self.assertEqual(get("maxmemory-policy"), "volatile-lru")
+        self.assertEqual(get("maxmemory"), str(2 * 1024 ** 3))
+        self.assertEqual(get("maxmemory-policy"), "noeviction")
         self.assertEqual(get("protected-mode"), "yes")
         self.assertEqual(get("bind"), "127.0.0.1 -::1")
         self.assertEqual(get("appendonly"), "no")
@@ -370,8 +370,9 @@ class LocalSystemEndToEnd(unittest.TestCase):
         total = sum(int(redis.command("HGET", key, "TOTAL") or 0)
                     for key in redis.command("KEYS", "ts:1:*:trig"))
         self.assertGreater(total, 0)
-        poll(lambda: redis.command("KEYS", "ts:5:*:cmos") and redis.command("KEYS", "ts:5:*:base"),
-             30, "finalised CMOS and BASE hashes in Redis")
+        poll(lambda: all(redis.command("KEYS", "minard:chan:%s:5:*" % name)
+                         for name in ("occupancy", "cmos", "base")),
+             30, "finalised occupancy, CMOS and base buckets in Redis")
 
         # the site through nginx under /monitoring/
         status, headers, _ = self.nginx("/")

@@ -121,6 +121,35 @@ class WatchdogTests(RedisTestMixin, unittest.TestCase):
         yield self.advance(3)
         self.assertEqual(sorted(a["level"] for a in self.alarms()), [21, 21, 40, 40])
 
+    def used_memory(self):
+        info = self.sync.command("INFO", "memory")
+        return int(info.split("used_memory:")[1].split()[0])
+
+    @defer.inlineCallbacks
+    def test_redis_memory_alarm_at_80_percent_once_then_cleared(self):
+        for i in range(40):  # 20 MB of data, so that the test's own traffic is noise
+            self.sync.command("SET", "data:%d" % i, "x" * 500000)
+        used = self.used_memory()
+        limit = int(used / 0.7)
+        self.sync.command("CONFIG", "SET", "maxmemory", str(limit))
+        self.addCleanup(self.sync.command, "CONFIG", "SET", "maxmemory", "0")
+        yield self.start()
+        yield self.advance(3)
+        self.assertEqual(self.alarms(), [])
+        for i in range(10):  # ~85 %
+            self.sync.command("SET", "ballast:%d" % i, "x" * int(limit * 0.015))
+        yield self.advance(3)
+        alarms = self.alarms()
+        self.assertEqual(len(alarms), 1)
+        self.assertEqual(alarms[0]["level"], 40)
+        self.assertIn("Redis uses 8", alarms[0]["message"])
+        self.assertIn("maxmemory", alarms[0]["message"])
+        self.sync.command("DEL", *["ballast:%d" % i for i in range(10)])
+        yield self.advance(3)
+        alarms = self.alarms()
+        self.assertEqual([a["level"] for a in alarms], [40, 21])
+        self.assertIn("back below 80 %", alarms[1]["message"])
+
     @defer.inlineCallbacks
     def test_redis_errors_are_caught(self):
         yield self.start()

@@ -13,6 +13,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from minard.constants import OWL_CHANNELS, TRIGGERS
+from tests import web_seed
 from tests.web_support import SiteTestMixin
 
 T0 = 1_700_000_000  # seeded data start here (the site's clock is at SiteTestMixin.now)
@@ -21,7 +22,8 @@ T0 = 1_700_000_000  # seeded data start here (the site's clock is at SiteTestMix
 def _close(a, b):
     if a is None or b is None:
         return a is b
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    # per-channel values are stored as float32: 7 significant digits (the routes promise 6)
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
 
 
 class MetricTests(SiteTestMixin, unittest.TestCase):
@@ -132,18 +134,7 @@ class HashSeriesTests(SiteTestMixin, unittest.TestCase):
             for i in OWL_CHANNELS[::2]:
                 chan[i] = rng.random() * 10
             truth[b] = chan
-            key = "ts:%d:%d:%s" % (interval, b, name)
-            self.sync.command("HSET", key, *[x for i, v in chan.items() for x in (i, repr(v))])
-            for level in ("card", "crate"):
-                for method in ("avg", "max"):
-                    groups = {}
-                    for i, v in chan.items():
-                        g = (i & ~31) if level == "card" else (i >> 9)
-                        groups.setdefault(g, []).append(v)
-                    agg = {g: (sum(vs) / len(vs) if method == "avg" else max(vs))
-                           for g, vs in groups.items()}
-                    self.sync.command("HSET", "%s:%s:%s" % (key, level, method),
-                                      *[x for g, v in agg.items() for x in (g, repr(v))])
+            self.sync.command(*web_seed.final_command(interval, b, name, chan))
         return truth
 
     @defer.inlineCallbacks
@@ -193,7 +184,8 @@ class HashSeriesTests(SiteTestMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_step_below_five_uses_five_second_hashes(self):
-        self.sync.command("HSET", "ts:5:%d:occupancy:crate:avg" % (T0 // 5), "3", "0.25")
+        self.sync.command(*web_seed.final_command(5, T0 // 5, "occupancy",
+                                                  {3 << 9 | 7: 0.25}))
         got = yield self.get_json("metric_hash?name=occupancy&start=%d&stop=%d&step=1&crate=3"
                                   % (T0, T0 + 10))
         b = T0 // 5
@@ -203,27 +195,23 @@ class HashSeriesTests(SiteTestMixin, unittest.TestCase):
 
 class QueryTests(SiteTestMixin, unittest.TestCase):
 
-    def finalise(self, interval, b, name, values, lock=True):
-        key = "ts:%d:%d:%s" % (interval, b, name)
-        if values:
-            self.sync.command("HSET", key, *[x for i, v in values.items() for x in (i, v)])
-        if lock:
-            self.sync.command("SET", key + ":lock", "1", "EX", "1000")
+    def finalise(self, interval, b, name, values):
+        self.sync.command(*web_seed.final_command(interval, b, name, values))
 
     @defer.inlineCallbacks
     def test_latest_finalised_bucket(self):
         now = int(self.now)
         newest = now // 60 - 1
-        self.finalise(60, newest - 1, "occupancy", {"5": "0.5", "10239": "1e-3"})
-        # the newest complete bucket has data but no lock yet: not finalised, not used
-        self.finalise(60, newest, "occupancy", {"5": "0.9"}, lock=False)
+        self.finalise(60, newest - 1, "occupancy", {5: 0.5, 10239: 1e-3})
+        # the newest complete bucket has only parts, not finalised yet: not used
+        self.sync.command("HSET", "minard:part:occupancy:60:%d" % newest, "w", "x")
         got = yield self.get_json("query?name=occupancy&step=60")
         self.assertEqual(len(got["values"]), 10240)
         self.assertEqual(got["values"][5], 0.5)
         self.assertEqual(got["values"][10239], 0.001)
         self.assertEqual(sum(v is not None for v in got["values"]), 2)
         self.assertEqual(got["bucket"], newest - 1)
-        self.finalise(60, newest, "occupancy", {"5": "0.9"})
+        self.finalise(60, newest, "occupancy", {5: 0.9})
         got = yield self.get_json("query?name=occupancy")  # step defaults to 60
         self.assertEqual(got["values"][5], 0.9)
         self.assertIsNone(got["values"][10239])

@@ -3,8 +3,8 @@
 `seed(port, now, history=900, future=120, stop_at=None)` writes, for every interval I,
 the trig hashes (counts, Σ nhit, Σ charge, run/subrun/gtid) and pull heartbeats of the
 buckets from `now − history·I` to `now + future` (so a page looks live for `future` s
-without a writer), finalised occupancy/cmos/base hashes with their card/crate roll-ups and
-locks, nhit histograms and samples, alarms, L2 sets, nearline results and program
+without a writer), finalised occupancy/cmos/base buckets (packed, with their card/crate
+roll-ups), nhit histograms and samples, alarms, L2 sets, nearline results and program
 heartbeats. With `stop_at`, the event data end there (for the stale banner).
 
     python -m tests.web_seed PORT      # seed a running redis-server on 127.0.0.1:PORT
@@ -15,8 +15,10 @@ import random
 import socket
 import sys
 
+import numpy as np
+
 from minard.constants import HASH_INTERVALS, INTERVALS, N_CHANNELS, TRIGGERS
-from minard.store import keys
+from minard.store import channels, keys
 
 RATE = 1000.0  # events / s
 
@@ -102,38 +104,17 @@ def channel_values(name, rng):
     return values
 
 
-def rollups(values):
-    """{(level, method): {group: value}} over the channels present."""
-    out = {}
-    for level, group in (("card", lambda i: i & ~31), ("crate", lambda i: i >> 9)):
-        groups = {}
-        for i, v in values.items():
-            groups.setdefault(group(i), []).append(v)
-        out[level, "avg"] = {g: sum(vs) / len(vs) for g, vs in groups.items()}
-        out[level, "max"] = {g: max(vs) for g, vs in groups.items()}
-    return out
+def final_command(interval, b, name, values, denominator=0.0):
+    """The finalised per-channel bucket (store/channels.py) of {channel: value}: one SET."""
+    array = np.full(N_CHANNELS, np.nan)
+    if values:
+        array[np.fromiter(values.keys(), dtype=np.int64)] = np.fromiter(values.values(),
+                                                                          dtype=np.float64)
+    return ("SET", keys.channel_final(name, interval, b),
+            channels.encode_final(array, denominator), "EX", keys.hash_ttl(interval))
 
 
-def hash_commands(interval, b, name, values, scale, full=True):
-    """The finalised hash (if full), its roll-ups and lock for one bucket: values × scale."""
-    ttl = keys.hash_ttl(interval)
-    cmds = []
-    if full:
-        cmds.append(("HSET", keys.ts(interval, b, name),
-                     *[x for i, v in values.items() for x in (i, "%.6g" % (v * scale))]))
-    for (level, method), groups in rollups(values).items() if full else \
-            _base_rollups[name].items():
-        cmds.append(("HSET", keys.rollup(interval, b, name, level, method),
-                     *[x for g, v in groups.items() for x in (g, "%.6g" % (v * scale))]))
-    cmds.append(("SET", keys.finalise_lock(interval, b, name), "1", "EX", ttl))
-    return cmds
-
-
-_base_rollups = {}
-
-
-def seed(port, now, history=900, future=120, stop_at=None, seed_value=1, hash_history=12,
-         rollup_history=200):
+def seed(port, now, history=900, future=120, stop_at=None, seed_value=1, hash_history=200):
     rng = random.Random(seed_value)
     now = int(now)
     end = now + future if stop_at is None else int(stop_at)
@@ -146,14 +127,13 @@ def seed(port, now, history=900, future=120, stop_at=None, seed_value=1, hash_hi
             cmds += trig_commands(interval, b, rng)
     for name in ("occupancy", "cmos", "base"):
         values = channel_values(name, rng)
-        _base_rollups[name] = rollups(values)
         for interval in HASH_INTERVALS:
             last = min(now, end) // interval - 1
-            n = rollup_history if interval < 86400 else 3
+            n = hash_history if interval < 86400 else 3
             for b in range(last - n, last + 1):
-                full = last - b < hash_history
                 wave = 1 + 0.15 * math.sin(b * interval / 600.0)
-                cmds += hash_commands(interval, b, name, values, wave, full)
+                cmds.append(final_command(interval, b, name,
+                                          {i: v * wave for i, v in values.items()}))
     # nhit: exact histograms per 5 and 60 s, samples per second
     for interval in (5, 60):
         for b in range((now - 900) // interval, end // interval + 1):

@@ -388,6 +388,11 @@ class Reads:
         (hashes,) = yield self.batch([("HGETALL", found, ())])
         return {k[len(prefix):]: _pairs(h) for k, h in zip(found, hashes)}
 
+    def memory(self):
+        """Redis's memory (INFO memory): {"used": bytes, "max": bytes or None (no limit),
+        "ratio": used / max or None, "policy": maxmemory-policy}."""
+        return redis_memory(self.redis)
+
     # -- /stream -----------------------------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -456,3 +461,25 @@ class Reads:
                 means[label][name] = v / n if n and v is not None else None
         return {"time": second, "present": present, "rates": rates,
                 "nhit": means["nhit"], "charge": means["charge"]}
+
+
+def parse_info(text):
+    """INFO's text -> {field: value string}."""
+    out = {}
+    for line in str(text or "").splitlines():
+        if ":" in line and not line.startswith("#"):
+            k, _, v = line.partition(":")
+            out[k.strip()] = v.strip()
+    return out
+
+
+@defer.inlineCallbacks
+def redis_memory(redis):
+    """{"used", "max", "ratio", "policy"} of the Redis behind `redis` (INFO memory)."""
+    info = parse_info((yield redis.execute_command("INFO", "memory")))
+    used = _number(info.get("used_memory"))
+    limit = _number(info.get("maxmemory"))
+    limit = limit if limit else None
+    return {"used": used, "max": limit,
+            "ratio": (used / limit) if used is not None and limit else None,
+            "policy": info.get("maxmemory_policy")}

@@ -8,7 +8,10 @@ Each numeric field F of a process's stats hash becomes the sample
 * `minard_process_stats_age_seconds{process}`;
 * `minard_pull_heartbeat_age_seconds` and `minard_events_age_seconds` (from /stream's view
   of the pull workers; absent when unknown);
-* `minard_program_up{program}` for each known DAQ program: 1 while its heartbeat key lives.
+* `minard_program_up{program}` for each known DAQ program: 1 while its heartbeat key lives;
+* `minard_redis_used_memory_bytes`, `minard_redis_maxmemory_bytes` and
+  `minard_redis_memory_ratio` (used / maxmemory): Redis runs with noeviction, so a full
+  Redis refuses writes; the log server's watchdog alarms at 80 %.
 """
 import math
 import re
@@ -45,7 +48,8 @@ def _format(x):
     return repr(x)
 
 
-def render(process_stats, now, programs_up=None, ages=None, alive_after=ALIVE_AFTER):
+def render(process_stats, now, programs_up=None, ages=None, alive_after=ALIVE_AFTER,
+           redis_memory=None):
     """The exposition text. process_stats: {process: {field: str}};
     programs_up: {program: bool}; ages: {metric suffix: seconds or None}."""
     families = {}
@@ -84,4 +88,10 @@ def render(process_stats, now, programs_up=None, ages=None, alive_after=ALIVE_AF
         lines.append("# TYPE minard_program_up gauge")
         for program, alive in programs_up.items():
             lines.append('minard_program_up{program="%s"} %d' % (label_value(program), alive))
+    memory = redis_memory or {}
+    for name, key in (("redis_used_memory_bytes", "used"), ("redis_maxmemory_bytes", "max"),
+                      ("redis_memory_ratio", "ratio")):
+        if memory.get(key) is not None:
+            lines.append("# TYPE minard_%s gauge" % name)
+            lines.append("minard_%s %s" % (name, _format(round(memory[key], 6))))
     return "\n".join(lines) + "\n"

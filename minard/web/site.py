@@ -444,6 +444,7 @@ class Site:
             names = list(self.programs)
             (beats,) = yield self.reads.batch([("GET", [keys.heartbeat(n) for n in names], ())])
             snap = yield self.reads.stream_snapshot(int(now) - 1)
+            memory = yield self.reads.memory()
         except REDIS_ERRORS as e:
             request.setResponseCode(503)
             return ("# Redis is unavailable: %s\nminard_redis_up 0\n"
@@ -452,7 +453,8 @@ class Site:
         text = prometheus.render(
             process_stats, now,
             programs_up={n: b is not None for n, b in zip(names, beats)},
-            ages={"pull_heartbeat": stale["heartbeat_age"], "events": stale["events_age"]})
+            ages={"pull_heartbeat": stale["heartbeat_age"], "events": stale["events_age"]},
+            redis_memory=memory)
         return (text + "# TYPE minard_redis_up gauge\nminard_redis_up 1\n").encode()
 
 
