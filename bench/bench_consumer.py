@@ -114,7 +114,7 @@ def run(args):
             elif time.monotonic() - last_change > 20:
                 raise RuntimeError("no progress for 20 s: %r" % (c,))
             yield task.deferLater(reactor, 0.01, lambda: None)
-        d = worker.flush_in_flight or worker.flush()
+        d = worker.channels.in_flight or worker.flush()
         if d is not None:
             yield d
         d = worker.flush()  # what arrived while the previous flush was in flight

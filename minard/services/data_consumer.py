@@ -40,8 +40,10 @@ TICK = 1.0
 GRACE = 2
 #: Most CMOS records waiting for the state script (about 10 minutes of real load).
 MAX_QUEUED_RECORDS = 20000
-#: CMOS records per state-script call at most (keeps each script call short).
-CMOS_BATCH = 64
+#: CMOS records per state-script call at most: no script may hold Redis for more than
+#: 5 ms, and a record costs the script ~70 µs (all counts valid) to ~240 µs (some invalid)
+#: with 8 slots (SLOWLOG: bench/bench_store_scripts.py, bench/README.md).
+CMOS_BATCH = 16
 #: State-script calls outstanding at once.
 CMOS_IN_FLIGHT = 2
 #: After a failed Redis call, wait this long before the next attempt (s).

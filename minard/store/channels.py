@@ -249,24 +249,51 @@ class ChannelWriter:
         b = int(second) // self.finest
         d = self.delta.get(b)
         if d is None:
-            d = self.delta[b] = [np.zeros(N), 0.0 if self.mode == "ratio"
-                                 else np.zeros(N, dtype=np.int64)]
+            # ratio: dense [hits, events]; mean: [index arrays, value arrays], reduced with
+            # one bincount per bucket in collect() (cheap per record, exact for repeats)
+            d = self.delta[b] = [np.zeros(N), 0.0] if self.mode == "ratio" else [[], []]
         return d
+
+    def _bound(self):
+        """Hold at most max_open finest buckets, added (delta) or collected (partials)
+        together: while Redis does not answer, a write stays in flight and `collect` is
+        not called, so the bound must hold where data are added too. The oldest go,
+        counted."""
+        held = set(self.delta) | {b for (H, b) in self.partials if H == self.finest}
+        for b in sorted(held)[:max(0, len(held) - self.max_open)]:
+            d = self.delta.pop(b, None)
+            if d is not None:
+                self.dropped += int(d[1]) if self.mode == "ratio" else sum(map(len, d[0]))
+            p = self.partials.pop((self.finest, b), None)
+            if p is not None:
+                self.dropped += int(np.sum(p.den))
 
     def add_hits(self, second, hits, events):
         """Occupancy: dense hits per channel (length N) of `events` events in `second`."""
+        held = len(self.delta)
         d = self._delta(second)
         d[0] += hits
         d[1] += events
+        if len(self.delta) > held:
+            self._bound()
 
     def add_samples(self, second, index, values):
         """CMOS / base: one sample per listed channel (index, values arrays)."""
-        index = np.asarray(index, dtype=np.int64)
         if not len(index):
             return
+        held = len(self.delta)
         d = self._delta(second)
-        d[0] += np.bincount(index, weights=values, minlength=N)[:N]
-        d[1] += np.bincount(index, minlength=N)[:N]
+        d[0].append(np.asarray(index, dtype=np.int64))
+        d[1].append(np.asarray(values, dtype=np.float64))
+        if len(self.delta) > held:
+            self._bound()
+
+    def _reduced(self, d):
+        if self.mode == "ratio":
+            return d
+        index = np.concatenate(d[0])
+        return (np.bincount(index, weights=np.concatenate(d[1]), minlength=N)[:N],
+                np.bincount(index, minlength=N)[:N])
 
     def advance(self, progress):
         """Everything up to second `progress` has been added."""
@@ -284,7 +311,8 @@ class ChannelWriter:
 
     def collect(self):
         """Fold what was added into the partials; the dirty ones as [(H, b, field, blob)]."""
-        for fb, (num, den) in sorted(self.delta.items()):
+        for fb, d in sorted(self.delta.items()):
+            num, den = self._reduced(d)
             second = fb * self.finest
             for interval in self.intervals:
                 p = self._partial((interval, second // interval))
@@ -364,19 +392,14 @@ class ChannelStore:
         """Write every dirty partial and the progress of each quantity, in one script
         call; one call in flight at a time. Deferred firing with the names written, or
         None when a call is already in flight."""
+        self._report_dropped()  # also while a write hangs (Redis away)
         if self.in_flight is not None or not self.unwritten():
             return None
         groups = []
         for name, w in self.writers.items():
             parts = w.collect()
             groups.append((name, w.progress, parts))
-            if w.dropped:
-                if self.stats is not None:
-                    self.stats.incr("dropped_%s_%s" % (
-                        name, "events" if w.mode == "ratio" else "samples"), w.dropped)
-                self.log.error("Redis unreachable: the oldest {name} partials dropped "
-                               "({n})", name=name, n=w.dropped)
-                w.dropped = 0
+        self._report_dropped()
         script_keys, args = write_args(self.writer_id, groups)
         d = self.in_flight = PARTS_WRITE(self.redis, script_keys, args)
 
@@ -395,6 +418,16 @@ class ChannelStore:
 
         d.addCallbacks(done, failed)
         return d
+
+    def _report_dropped(self):
+        for name, w in self.writers.items():
+            if w.dropped:
+                if self.stats is not None:
+                    self.stats.incr("dropped_%s_%s" % (
+                        name, "events" if w.mode == "ratio" else "samples"), w.dropped)
+                self.log.error("Redis unreachable: the oldest {name} partials dropped "
+                               "({n})", name=name, n=w.dropped)
+                w.dropped = 0
 
     def unwritten(self):
         """Whether anything (a partial or a newer progress) is not in Redis yet."""
