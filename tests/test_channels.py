@@ -352,3 +352,38 @@ class StoreTests(RedisTestMixin, unittest.TestCase):
         self.assertAlmostEqual(blob["values"][ch], 0.3, places=6)
         position, blob = yield channels.latest(r, "cmos", 5, [9])
         self.assertIsNone(position)
+
+
+class CatchUpTests(RedisTestMixin, unittest.TestCase):
+    def setUp(self):
+        RedisTestMixin.setUp(self)
+        self.redis = connect(self.redis_server.url)
+
+    @defer.inlineCallbacks
+    def tearDown(self):
+        yield self.redis.disconnect()
+
+    @defer.inlineCallbacks
+    def test_a_backlog_is_written_in_several_calls_then_finalised(self):
+        """After an outage a writer holds many partials: they go out PARTS_PER_CALL at a
+        time, the progress last, and every bucket is finalised from them."""
+        store = ChannelStore(self.redis, "A", ["base"])
+        for s in range(0, 120):
+            store["base"].add_samples(s, [7], [float(s)])
+        store["base"].advance(119)
+        self.sync.command("CONFIG", "SET", "slowlog-log-slower-than", "0")
+        self.sync.command("SLOWLOG", "RESET")
+        yield store.write()
+        log = self.sync.command("SLOWLOG", "GET", "-1")
+        self.sync.command("CONFIG", "SET", "slowlog-log-slower-than", "10000")
+        calls = [e for e in log if e[3][0] in ("EVAL", "EVALSHA")]
+        # 24 five-second + 2 one-minute + 1 day partials, 4 a call, then the progress
+        self.assertEqual(len(calls), math.ceil(27 / channels.PARTS_PER_CALL) + 1)
+        self.assertEqual(self.sync.hgetall(keys.channel_writers("base"))["A"].split()[0], "119")
+        n = yield Finaliser(self.redis, "base", "F").finalise()
+        self.assertEqual(n, 26)  # the day is still open
+        for b in range(24):
+            f = channels.decode_final(self.sync.get_bytes("GET", keys.channel_final("base", 5, b)))
+            self.assertEqual(f["values"][7], (5 * b + 2.0))
+        f = channels.decode_final(self.sync.get_bytes("GET", keys.channel_final("base", 60, 1)))
+        self.assertEqual(f["values"][7], 89.5)

@@ -74,7 +74,11 @@ WRITER_LAG = 60
 #: A finaliser's claim on a bucket lapses after this (ms) if it died meanwhile.
 CLAIM_MS = 10000
 #: Buckets claimed per finaliser round (bounds one script's reply).
-CLAIM_BATCH = 4
+CLAIM_BATCH = 1
+#: Partials written per parts_write.lua call (~80-120 KB each; a call stays ~1 ms).
+PARTS_PER_CALL = 4
+#: Buckets read per channel_series.lua call (one call holds Redis ~1 ms; all go out at once).
+SERIES_CHUNK = 1000
 #: A writer holds at most this many buckets of the finest interval that Redis has not
 #: taken (Redis away: 180 × 5 s = 15 minutes); older ones are dropped and counted.
 MAX_OPEN_PARTIALS = 180
@@ -400,8 +404,7 @@ class ChannelStore:
             parts = w.collect()
             groups.append((name, w.progress, parts))
         self._report_dropped()
-        script_keys, args = write_args(self.writer_id, groups)
-        d = self.in_flight = PARTS_WRITE(self.redis, script_keys, args)
+        d = self.in_flight = self._send(groups)
 
         def done(_):
             self.in_flight = None
@@ -417,6 +420,25 @@ class ChannelStore:
             return f
 
         d.addCallbacks(done, failed)
+        return d
+
+    def _send(self, groups):
+        """At most PARTS_PER_CALL partials per script call (no call holds Redis long).
+        When a backlog needs several calls, the progress goes in a last call, sent once
+        every partial is in: progress never claims a partial that Redis has not taken."""
+        flat = [(name, part) for name, _, parts in groups for part in parts]
+        if len(flat) <= PARTS_PER_CALL:
+            return PARTS_WRITE(self.redis, *write_args(self.writer_id, groups))
+        calls = []
+        for i in range(0, len(flat), PARTS_PER_CALL):
+            chunk = {}
+            for name, part in flat[i:i + PARTS_PER_CALL]:
+                chunk.setdefault(name, []).append(part)
+            calls.append(PARTS_WRITE(self.redis, *write_args(
+                self.writer_id, [(name, None, parts) for name, parts in chunk.items()])))
+        d = gather(calls)
+        d.addCallback(lambda _: PARTS_WRITE(self.redis, *write_args(
+            self.writer_id, [(name, progress, []) for name, progress, _ in groups])))
         return d
 
     def _report_dropped(self):
@@ -494,7 +516,7 @@ class Finaliser:
     @defer.inlineCallbacks
     def _round(self):
         total = 0
-        for _ in range(8):  # a backlog drains CLAIM_BATCH buckets per round trip
+        for _ in range(32):  # a backlog drains CLAIM_BATCH buckets per round trip
             reply = yield FINALISE_CLAIM(
                 self.redis, [keys.channel_writers(self.name), keys.channel_open(self.name)],
                 [self.claimant, str(self.writer_timeout), str(self.writer_lag), str(CLAIM_BATCH),
@@ -535,6 +557,15 @@ class Finaliser:
         return 0
 
 
+def gather(deferreds):
+    """gatherResults that fails with the first error itself (not FirstError), so callers
+    see the Redis error they know how to answer (503)."""
+    d = defer.gatherResults(deferreds, consumeErrors=True)
+    d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError)
+                 else f)
+    return d
+
+
 # -- reading -----------------------------------------------------------------------------
 
 def _value(raw):
@@ -548,9 +579,11 @@ def _value(raw):
 @defer.inlineCallbacks
 def read_series(redis, name, interval, buckets, offset, length):
     """Per bucket: the `length` bytes at `offset` of its finalised blob (b'' if none)."""
-    reply = yield CHANNEL_SERIES(redis, [keys.channel_final(name, interval, b)
-                                         for b in buckets], [str(offset), str(length)])
-    return [as_bytes(r) for r in (reply or [])]
+    all_keys = [keys.channel_final(name, interval, b) for b in buckets]
+    replies = yield gather(
+        [CHANNEL_SERIES(redis, all_keys[i:i + SERIES_CHUNK], [str(offset), str(length)])
+         for i in range(0, len(all_keys), SERIES_CHUNK)])
+    return [as_bytes(r) for reply in replies for r in (reply or [])]
 
 
 @defer.inlineCallbacks

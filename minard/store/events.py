@@ -2,25 +2,55 @@
 
 events_flush.lua applies a flush payload (aggregate/events.py) to every interval: the
 trig, trig:nhit and trig:charge hashes, the last run/subrun/gtid, the worker heartbeat,
-the exact nhit histogram and the compat nhit samples. Each flush carries an id; the
-script records it, so a flush retried after a timeout (applied, but the answer lost) is
+the exact nhit histogram and the compat nhit samples, in chunks of a bounded number of
+commands (no script holds Redis for long; all chunks go out at once, one round trip).
+Each flush carries an id; the script records it per chunk, so a flush retried after a timeout (applied, but the answer lost) is
 never counted twice. The receipt time of the last event behind a bucket's
 run/subrun/gtid is kept in `minard:last:<I>:<b>` (outside the `ts:` namespace that other
 programs scan), so that with N workers the last event wins, whichever worker flushes
 last. Occupancy is per-channel data: the pull worker writes it through
 store/channels.py, not here.
 """
+import json
+
 from minard.constants import (EXPIRE, HASH_EXPIRE, HASH_INTERVALS, INTERVALS, NHIT_SAMPLES,
                               NHIT_SAMPLES_TTL)
+from minard.store.channels import gather
 from minard.store.scripts import Script
 
 #: How long the record of an applied flush id is kept (longer than any retry).
 FLUSH_MARK_TTL = 6 * 3600
 
 FLUSH_SCRIPT = Script(
-    "events_flush.lua", mark_ttl=FLUSH_MARK_TTL, intervals=INTERVALS,
-    hash_intervals=HASH_INTERVALS, expire=EXPIRE, hash_expire=HASH_EXPIRE,
+    "events_flush.lua", mark_ttl=FLUSH_MARK_TTL, expire=EXPIRE, hash_expire=HASH_EXPIRE,
     n_samples=NHIT_SAMPLES, samples_ttl=NHIT_SAMPLES_TTL)
+
+#: Redis commands one chunk of a flush may run at most: ~3 µs each inside a script, so a
+#: chunk holds Redis well under 5 ms (bench/bench_store_scripts.py).
+CHUNK_COMMANDS = 600
+
+
+def chunks(doc, limit=CHUNK_COMMANDS):
+    """Split one second's flush into chunks of at most ~`limit` Redis commands: lists of
+    {"k", "i": intervals, "h": hash intervals of the nhit histogram, "s": samples?}.
+    An interval costs 3 commands per trig field (+ a few), a histogram one per nhit value."""
+    fields = len(doc.get("trig") or ()) if doc["events"] else 0
+    work = [("i", I, 3 * fields + 6) for I in INTERVALS]
+    if doc["events"]:
+        work += [("h", H, len(doc.get("hist") or ()) // 2 + 1) for H in HASH_INTERVALS]
+    out, current, cost = [], {"i": [], "h": [], "s": 0}, 0
+    for kind, interval, n in work:
+        if current["i"] or current["h"]:
+            if cost + n > limit:
+                out.append(current)
+                current, cost = {"i": [], "h": [], "s": 0}, 0
+        current[kind].append(interval)
+        cost += n
+    out.append(current)
+    out[-1]["s"] = 1
+    for k, c in enumerate(out):
+        c["k"] = k
+    return out
 
 
 class EventStore:
@@ -30,4 +60,9 @@ class EventStore:
         self.redis = redis
 
     def flush(self, payload):
-        return FLUSH_SCRIPT(self.redis, [], [payload])
+        doc = json.loads(payload)
+        calls = [FLUSH_SCRIPT(self.redis, [], [payload, json.dumps(c, separators=(",", ":"))])
+                 for c in chunks(doc)]
+        d = gather(calls)
+        d.addCallback(lambda results: 1 if any(int(r) for r in results) else 0)
+        return d

@@ -1,16 +1,22 @@
--- One second of aggregated events from one pull worker (store/events.py, SPEC §4).
--- ARGV[1]: the JSON flush payload (aggregate/events.py). Applied once per flush id.
--- Constants from minard.constants: $intervals, $hash_intervals, TTLs.
+-- One chunk of one second of aggregated events from one pull worker (store/events.py,
+-- SPEC §4). ARGV[1]: the JSON flush payload (aggregate/events.py); ARGV[2]: the chunk,
+-- JSON {"k": chunk number, "i": [intervals], "h": [hash intervals of nhit:hist],
+-- "s": 1 if the nhit samples are in this chunk}. A second is written in chunks so that
+-- no script holds Redis long (each chunk is atomic); each chunk is applied once per
+-- flush id (a retried flush whose reply was lost counts nothing twice).
+-- Constants from minard.constants: TTLs and sizes.
 local p = cjson.decode(ARGV[1])
+local chunk = cjson.decode(ARGV[2])
 local function int(v) return string.format('%d', v) end
 if p.id then
-  if not redis.call('SET', 'minard:flush:' .. p.id, '1', 'NX', 'EX', $mark_ttl) then
+  local marker = 'minard:flush:' .. p.id .. ':' .. int(chunk.k)
+  if not redis.call('SET', marker, '1', 'NX', 'EX', $mark_ttl) then
     return 0
   end
 end
 local t = p.t
 local events = p.events
-for _, I in ipairs($intervals) do
+for _, I in ipairs(chunk.i) do
   local prefix = 'ts:' .. I .. ':' .. math.floor(t / I) .. ':'
   local ttl = I * $expire
   if events > 0 then
@@ -36,7 +42,7 @@ for _, I in ipairs($intervals) do
   redis.call('SET', prefix .. 'heartbeat', '1', 'EX', ttl)
 end
 if events > 0 then
-  for _, H in ipairs($hash_intervals) do
+  for _, H in ipairs(chunk.h) do
     local hist = 'ts:' .. H .. ':' .. math.floor(t / H) .. ':nhit:hist'
     local h = p.hist
     for i = 1, #h, 2 do
@@ -45,9 +51,11 @@ if events > 0 then
     redis.call('EXPIRE', hist, H * $hash_expire)
   end
   local samples = p.samples
-  if #samples > 0 then
+  if chunk.s == 1 and #samples > 0 then
     local key = 'ts:1:' .. t .. ':nhit'
-    for i = 1, #samples do redis.call('LPUSH', key, int(samples[i])) end
+    local values = {}
+    for i = 1, #samples do values[i] = int(samples[i]) end
+    redis.call('LPUSH', key, unpack(values))
     redis.call('LTRIM', key, 0, $n_samples - 1)
     redis.call('EXPIRE', key, $samples_ttl)
   end
