@@ -38,6 +38,8 @@ ZERO_RATE_KEYS = ("L1", "L2", "ORPHANS", "BURSTS")
 MEAN_KINDS = {"nhit": "trig:nhit", "charge": "trig:charge"}
 EXPR_ALPHABET = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_:.+-")
 HASH_NAMES = ("occupancy", "cmos", "base")
+#: /query?name=occupancy|cmos|base looks this far back (s) for a finalised bucket.
+LATEST_LOOKBACK = 180
 #: Reads (keys × fields) per script call at most: ~1-2 µs each inside Redis, so one call
 #: holds Redis about a millisecond (bench/bench_store_scripts.py).
 READ_CHUNK = 1000
@@ -296,12 +298,15 @@ class Reads:
 
         A bucket is finalised a few seconds after it ends (once every worker has flushed
         past it), so the newest complete bucket (now // H − 1) may not be finalised yet:
-        then the one before it is used. values is a list of N_CHANNELS floats or None;
+        then the newest finalised one of the last LATEST_LOOKBACK seconds is used. values is a list of N_CHANNELS floats or None;
         bucket is None when neither exists.
         """
         interval = hash_interval_for(step)
         newest = int(now) // interval - 1
-        candidates = [newest, newest - 1]
+        # normally the newest or the one before; after an outage or a killed worker
+        # (finalisation waits for it up to ~a minute) an older one, with its time
+        back = max(2, LATEST_LOOKBACK // interval + 1)
+        candidates = [newest - k for k in range(back)]
         position, blob = yield channels.latest(self.redis, name, interval, candidates)
         if position is None:
             return interval, None, [None] * N_CHANNELS
