@@ -30,6 +30,7 @@ setup(
         "console_scripts": [
             "minard-log = minard.monitor:main",
             "minard-passwd = minard.auth:main",
+            "minard-migrate-store = minard.store.migrate:main",
         ],
     },
 )

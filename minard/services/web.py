@@ -4,10 +4,12 @@ import sys
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.web.server import Site as WebSite
 
 from minard.programs import ProgramsError, load_programs
 from minard.services.common import ProcessBase
+from minard.store.migrate import Migration, summary
 from minard.web.site import Site
 
 
@@ -19,6 +21,31 @@ class StreamShutdown(Service):
 
     def stopService(self):
         self.hub.close_all()
+        return Service.stopService(self)
+
+
+class StoreMigration(Service):
+    """Converts per-channel data of the old Redis layout once, in the background, so an
+    upgraded system shows its history (store/migrate.py). Errors are logged, never fatal."""
+
+    log = Logger()
+    migration = done = None
+
+    def __init__(self, redis):
+        self.redis = redis
+
+    def startService(self):
+        Service.startService(self)
+        self.migration = Migration(self.redis, self.log)
+        self.done = self.migration.run()
+        self.done.addCallbacks(
+            lambda counts: self.log.info("store migration: {summary}", summary=summary(counts)),
+            lambda f: None if self.migration.stopped else self.log.failure(
+                "store migration failed (run minard-migrate-store)", f))
+
+    def stopService(self):
+        if self.migration is not None:
+            self.migration.stop()
         return Service.stopService(self)
 
 
@@ -37,6 +64,7 @@ def make_service(options, reactor):
     listener._raiseSynchronously = True
     listener.setServiceParent(base.service)
     StreamShutdown(site.hub).setServiceParent(base.service)
+    StoreMigration(base.redis).setServiceParent(base.service)
     base.service.site = site  # for tests and introspection
     base.service.redis = base.redis
     return base.service
