@@ -18,16 +18,19 @@ from minard.constants import (EXPIRE, HASH_EXPIRE, HASH_INTERVALS, INTERVALS, NH
 from minard.store.channels import gather
 from minard.store.scripts import Script
 
-#: How long the record of an applied flush id is kept (longer than any retry).
-FLUSH_MARK_TTL = 6 * 3600
+#: How long the record of an applied flush id is kept: longer than any retry (a flush
+#: waits at most MAX_PENDING = 900 s in a pull worker), short enough that the markers
+#: (one per chunk, several a second per worker) stay a few MB.
+FLUSH_MARK_TTL = 3600
 
 FLUSH_SCRIPT = Script(
     "events_flush.lua", mark_ttl=FLUSH_MARK_TTL, expire=EXPIRE, hash_expire=HASH_EXPIRE,
     n_samples=NHIT_SAMPLES, samples_ttl=NHIT_SAMPLES_TTL)
 
-#: Redis commands one chunk of a flush may run at most: ~3 µs each inside a script, so a
-#: chunk holds Redis well under 5 ms (bench/bench_store_scripts.py).
-CHUNK_COMMANDS = 600
+#: Redis commands one chunk of a flush may run at most: 2-5 µs each inside a script, so a
+#: chunk holds Redis ~1 ms, well under 5 ms even on a loaded machine
+#: (bench/bench_store_scripts.py, bench/bench_store.py).
+CHUNK_COMMANDS = 300
 
 
 def chunks(doc, limit=CHUNK_COMMANDS):
