@@ -7,9 +7,11 @@ import struct
 from twisted.internet import defer, endpoints, protocol, reactor, task
 from twisted.trial import unittest
 
+import numpy as np
+
 from minard import constants as C
-from minard.store import finalise
 from minard.store.datastream import decode_slot_state
+from tests.channel_support import assert_means, buckets, final
 from tests.support import RedisTestMixin, RoleProcess, free_port, wait_for
 
 FULL = [0xFFFFFFFF] * 16
@@ -151,24 +153,19 @@ class DataStreamPipelineTests(RedisTestMixin, unittest.TestCase):
             yield task.deferLater(reactor, 0.7, lambda: None)
         factory.send(header(C.RECORD_BASE, b"short"))  # corrupt: counted, not fatal
 
-        buckets = sorted({b for v in samples.values() for b, _ in v})
         for name, values in (("cmos", samples), ("base", currents)):
-            for b in buckets:
-                key = "ts:5:%d:%s" % (b, name)
-                yield wait_for(lambda: self.sync.command("EXISTS", key + ":lock"), timeout=30)
+            expected = sorted({b for v in values.values() for b, _ in v})
+            for b in expected:
+                yield wait_for(lambda: final(self.sync, name, 5, b) is not None, timeout=30)
                 means = {}
                 for i, vs in values.items():
                     in_b = [v for bb, v in vs if bb == b]
                     if in_b:
                         means[i] = sum(in_b) / len(in_b)
-                expected = finalise.reference(means, {i: 1 for i in means}, "mean")
-                for suffix, want in zip(("", ":card:avg", ":card:max", ":crate:avg",
-                                         ":crate:max"), expected):
-                    got = self.sync.hgetall(key + suffix)
-                    self.assertEqual(set(got), {str(k) for k in want}, key + suffix)
-                    for k, v in want.items():
-                        self.assertLess(abs(float(got[str(k)]) - v), 1e-6 * max(1, abs(v)),
-                                        (key + suffix, k, got[str(k)], v, values.get(k)))
+                assert_means(self, final(self.sync, name, 5, b), means, (name, b))
+            # no other bucket has data (nor is finalised)
+            self.assertEqual(buckets(self.sync, name, 5, "part"), expected)
+            self.assertEqual(buckets(self.sync, name, 5), expected)
         yield wait_for(lambda: any(
             self.sync.command("HGET", k, "corrupt_base_bad_length") == "1"
             for k in self.sync.command("KEYS", "minard:stats:data-consumer-*")), timeout=10)
@@ -182,14 +179,18 @@ class DataStreamPipelineTests(RedisTestMixin, unittest.TestCase):
         self.start_chain(data_port)
 
         def finalised(name):
-            keys = [k for k in self.sync.command("KEYS", "ts:5:*:%s" % name)
-                    if k.count(":") == 3]
-            return [k for k in keys if len(self.sync.hgetall(k)) > 19 * 512 * 0.9]
+            """The finalised 5-s buckets with (nearly) every channel of 19 crates."""
+            out = []
+            for b in buckets(self.sync, name, 5):
+                got = final(self.sync, name, 5, b)
+                if got is not None and np.count_nonzero(~np.isnan(got["values"])) > \
+                        19 * 512 * 0.9:
+                    out.append(got)
+            return out
 
         yield wait_for(lambda: finalised("cmos") and finalised("base"), timeout=60)
-        values = self.sync.hgetall(finalised("cmos")[0])
-        rates = sorted(float(v) for v in values.values())
+        got = finalised("cmos")[0]
+        rates = np.sort(got["values"][~np.isnan(got["values"])])
         self.assertGreater(rates[-1], 15000)          # hot channels
         self.assertLess(rates[len(rates) // 2], 2000)  # ordinary noise
-        crate_max = self.sync.hgetall(finalised("cmos")[0] + ":crate:max")
-        self.assertEqual(set(crate_max), {str(c) for c in range(19)})
+        self.assertEqual(np.flatnonzero(~np.isnan(got["crate:max"])).tolist(), list(range(19)))

@@ -1,6 +1,8 @@
 """End to end with real processes: a ControlHost dispatcher written here (independent of
 minard.sim) -> `twistd minard --role=dispatch-push` -> N x `--role=dispatch-pull` -> Redis.
-The sums over all stored fields must equal what was sent, exactly.
+The sums over all stored fields must equal what was sent, exactly; so must the hits
+behind every finalised 5-s occupancy bucket (hits / events per channel) and the 60-s
+partials.
 """
 import random
 import struct
@@ -8,6 +10,7 @@ import struct
 from twisted.internet import defer, protocol, reactor, task
 from twisted.trial import unittest
 
+from tests.channel_support import buckets, final, hits_of, open_buckets, parts
 from tests.support import RedisTestMixin, RoleProcess, free_port, wait_for
 from tests.test_aggregate_events import expected_sums, random_events
 from tests.test_wire_sno import hand_built
@@ -140,11 +143,7 @@ class PipelineTests(RedisTestMixin, unittest.TestCase):
             self.assertEqual(self.total(field), trig[field], field)
             self.assertEqual(self.total(field, "trig:nhit"), nhit[field], field)
             self.assertEqual(self.total(field, "trig:charge"), charge[field], field)
-        hits = {}
-        for key in self.sync.command("KEYS", "ts:5:*:occupancy:hits"):
-            for k, v in self.sync.hgetall(key).items():
-                hits[int(k)] = hits.get(int(k), 0) + int(v)
-        self.assertEqual(hits, occ)
+        yield self.check_occupancy(occ)
         newest = max(self.sync.command("KEYS", "ts:1:*:trig"),
                      key=lambda k: int(k.split(":")[2]))
         last = self.sync.hgetall(newest)
@@ -158,6 +157,38 @@ class PipelineTests(RedisTestMixin, unittest.TestCase):
         code = push.stop()
         self.assertIn(code, (0, -15), push.log()[-3000:])  # twistd re-raises SIGTERM
         yield wait_for(lambda: self.sync.command("GET", "dispatcher") is None, timeout=5)
+
+    @defer.inlineCallbacks
+    def check_occupancy(self, occ):
+        """Every 5-s bucket with events is finalised once every worker has passed it (a
+        few seconds after the last event) and holds hits / events: the hits behind its
+        values, over all buckets, are what was sent, and so are its events. The 60-s
+        buckets may still be open: their partials (every worker's) add up likewise."""
+        yield wait_for(lambda: buckets(self.sync, "occupancy", 5, "part")
+                       and not open_buckets(self.sync, "occupancy", 5), timeout=30)
+        fives = buckets(self.sync, "occupancy", 5)
+        self.assertEqual(fives, buckets(self.sync, "occupancy", 5, "part"))
+        hits, events = {}, 0
+        for b in fives:
+            got = final(self.sync, "occupancy", 5, b)
+            for i, h in hits_of(self, got).items():
+                hits[i] = hits.get(i, 0) + h
+            events += got["denominator"]
+            # the finalised values are exactly the parts' hits / events
+            num, den = parts(self.sync, "occupancy", 5, b)
+            self.assertEqual(got["denominator"], den)
+            self.assertEqual(hits_of(self, got), {int(i): int(num[i])
+                                                  for i in num.nonzero()[0]})
+        self.assertEqual(hits, occ)
+        self.assertEqual(events, N_EVENTS)
+        hits, events = {}, 0
+        for b in buckets(self.sync, "occupancy", 60, "part"):
+            num, den = parts(self.sync, "occupancy", 60, b)
+            for i in num.nonzero()[0]:
+                hits[int(i)] = hits.get(int(i), 0) + int(num[i])
+            events += den
+        self.assertEqual(hits, occ)
+        self.assertEqual(events, N_EVENTS)
 
     def test_one_worker_caspur(self):
         return self.run_pipeline("caspur", 1)

@@ -1,11 +1,12 @@
-"""The CMOS previous-count state script and the sums flush script, against a real Redis."""
+"""The CMOS previous-count state script, against a real Redis. (CMOS rates and base
+currents themselves go to the per-channel store: tests/test_channels.py.)"""
 import numpy as np
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from minard import constants as C
 from minard.store.connection import connect
-from minard.store.datastream import CmosState, SumsStore, decode_slot_state
+from minard.store.datastream import CmosState, decode_slot_state
 from tests.support import RedisTestMixin
 
 T0 = 1_700_000_000_123_456_789  # ns, beyond 2^53: exactness matters
@@ -152,39 +153,3 @@ class CmosStateTests(RedisTestMixin, unittest.TestCase):
         out = yield self.state.rates([record(5, T0, {})])
         self.assertEqual(len(out[0][0]), 0)
 
-
-class SumsStoreTests(RedisTestMixin, unittest.TestCase):
-    def setUp(self):
-        RedisTestMixin.setUp(self)
-        self.redis = connect(self.redis_server.url)
-
-    def tearDown(self):
-        return self.redis.disconnect()
-
-    @defer.inlineCallbacks
-    def test_flush_adds_into_every_interval_once(self):
-        store = SumsStore(self.redis)
-        t = 1_700_000_007
-        groups = [("cmos", t, np.array([1, 10239]), np.array([0.1, 2.5e6]), np.array([1, 3])),
-                  ("base", t, np.array([4]), np.array([-3.0]), np.array([2]))]
-        self.assertEqual((yield store.flush("w1-1", groups)), 1)
-        self.assertEqual((yield store.flush("w1-1", groups)), 0)  # a retried flush
-        self.assertEqual((yield store.flush("w2-1", groups[:1])), 1)  # another worker
-        for H in C.HASH_INTERVALS:
-            b = t // H
-            s = self.sync.hgetall("ts:%d:%d:cmos:sum" % (H, b))
-            self.assertAlmostEqual(float(s["1"]), 0.2, places=12)
-            self.assertEqual(float(s["10239"]), 5e6)
-            self.assertEqual(self.sync.hgetall("ts:%d:%d:cmos:len" % (H, b)),
-                             {"1": "2", "10239": "6"})
-            self.assertEqual(self.sync.hgetall("ts:%d:%d:base:sum" % (H, b)), {"4": "-3"})
-            self.assertEqual(self.sync.hgetall("ts:%d:%d:base:len" % (H, b)), {"4": "2"})
-            ttl = self.sync.command("TTL", "ts:%d:%d:base:len" % (H, b))
-            self.assertTrue(H + C.RAW_HASH_TTL_EXTRA - 5 <= ttl <= H + C.RAW_HASH_TTL_EXTRA)
-
-    @defer.inlineCallbacks
-    def test_full_precision(self):
-        store = SumsStore(self.redis)
-        x = 1 / 3
-        yield store.flush("p", [("cmos", 10, np.array([0]), np.array([x]), np.array([1]))])
-        self.assertEqual(float(self.sync.command("HGET", "ts:5:2:cmos:sum", "0")), x)

@@ -30,6 +30,7 @@ from minard import constants as C, zmqlink
 from minard.services.common import ProcessBase, ZmqWorker
 from minard.stats import CorruptionLog
 from minard.store.channels import ChannelStore, Finaliser
+from minard.store.connection import connect
 from minard.store.datastream import CmosState
 from minard.wire import datastream as ds
 
@@ -100,10 +101,16 @@ def address_for(options):
 class DataConsumer(ZmqWorker):
     tick_interval = TICK
 
-    def __init__(self, address, kinds, redis, stats, clock, link_factory=None):
+    def __init__(self, address, kinds, redis, stats, clock, link_factory=None,
+                 state_redis=None):
         self.address = address
         self.kinds = list(kinds)
-        self.state = CmosState(redis)
+        # The state script is not idempotent: a call whose reply timed out may still be
+        # applied when a stalled Redis wakes up, and its retry then finds its own
+        # records' pairs and yields no rates. So in the service the state calls have a
+        # connection of their own without a reply timeout (`state_redis`): they wait
+        # out a stalled Redis and are answered; only a lost connection fails them.
+        self.state = CmosState(redis if state_redis is None else state_redis)
         self.redis = redis
         self.stats = stats
         self.clock = clock
@@ -232,7 +239,11 @@ class DataConsumer(ZmqWorker):
     def _rating_failed(self, failure, batch, d):
         self._done_call(d)
         self.stats.incr("cmos_state_errors")
-        self.queue.extendleft(reversed(batch))
+        # back in receipt order: when a connection is lost, every call on it fails, the
+        # newest last, and its records must not go out before the older ones (a record
+        # rated after a newer one of its crate gets no rate)
+        self.queue = collections.deque(sorted(list(batch) + list(self.queue),
+                                              key=lambda record: record[1]))
         self.cmos_retry_at = self.clock.seconds() + RETRY_DELAY
         self.corruption.trouble("cmos_state_failed", failure.getErrorMessage())
 
@@ -310,6 +321,8 @@ class DataConsumer(ZmqWorker):
         self.cmos_retry_at = self.flush_retry_at = 0.0
         while self.clock.seconds() < deadline:
             d = self.cmos_in_flight or self.pump_cmos()
+            if d is not None:  # no reply timeout on a state call: bound the wait here
+                d.addTimeout(deadline - self.clock.seconds(), self.clock)
             if d is None:
                 if self.queue:  # waiting out a retry delay
                     yield task.deferLater(self.clock, 0.2, lambda: None)
@@ -356,7 +369,8 @@ def make_service(options, reactor):
     process = process_name(options)
     base = ProcessBase(options, process, heartbeat_name=process)
     consumer = DataConsumer(address_for(options), kinds_for(options), base.redis,
-                            base.stats, reactor)
+                            base.stats, reactor,
+                            state_redis=connect(options["redis"], reply_timeout=None))
     base.status = lambda: status_of(consumer)
     consumer.setServiceParent(base.service)
     return base.service

@@ -19,7 +19,9 @@ Finalising (`Finaliser`, data-driven)
   whatever the wall clock says: after an outage, the backlog drains first, then every
   bucket is finalised from all its data. A writer that stopped writing (killed) is
   dropped from `minard:writers:<name>` once it is WRITER_TIMEOUT s silent and the others
-  are WRITER_LAG s of data ahead (the bounded deadline). A worker claims a bucket
+  are WRITER_LAG s of data ahead (the bounded deadline); a finaliser that has just come
+  through an outage (a stalled Redis ages every stamp at once) drops nobody for
+  WRITER_TIMEOUT s, so every live writer can write again first. A worker claims a bucket
   (`SET NX PX`), reads its parts, sums them with numpy and stores the finalised blob in a
   script that first checks the parts' version: a part written meanwhile (a late worker)
   leaves the bucket open, and it is finalised again from all its parts.
@@ -35,6 +37,7 @@ Byte formats (little-endian, fixed):
          with samples); the roll-ups are over the card's or crate's channels with a value.
          float32 keeps 7 significant digits (the routes answer at least 6).
 """
+import time
 import warnings
 
 import numpy as np
@@ -71,6 +74,9 @@ FINAL_SIZE = _at  # 43,696
 WRITER_TIMEOUT = 30
 #: ... this far (s of data) behind the most advanced writer is gone.
 WRITER_LAG = 60
+#: A finaliser that has not reached Redis for this long (s) has been through an outage
+#: (Redis stalled, or its network): see Finaliser.claim_timeout.
+OUTAGE_GAP = 5.0
 #: A finaliser's claim on a bucket lapses after this (ms) if it died meanwhile.
 CLAIM_MS = 10000
 #: Buckets claimed per finaliser round (bounds one script's reply).
@@ -487,15 +493,30 @@ class Finaliser:
     log = Logger()
 
     def __init__(self, redis, name, claimant, stats=None, writer_timeout=WRITER_TIMEOUT,
-                 writer_lag=WRITER_LAG):
+                 writer_lag=WRITER_LAG, outage_gap=OUTAGE_GAP, clock=time.monotonic):
         self.redis = redis
         self.name = name
         self.writer_timeout = writer_timeout
         self.writer_lag = writer_lag
+        self.outage_gap = outage_gap
+        self.clock = clock
+        self.reached = None       # when a claim round trip last came back
+        self.patient_until = 0.0
         self.mode = MODES[name]
         self.claimant = claimant
         self.stats = stats
         self.running = None
+
+    def claim_timeout(self):
+        """The writer timeout for the next claim. After an outage (no claim came back
+        for outage_gap s), every writer's stamp is as old as the outage, and the first
+        writer to write again is far ahead of the others, which are alive and write a
+        moment later (a Redis stalled for longer than WRITER_LAG s): nobody is dropped
+        until every live writer has had writer_timeout s to write again."""
+        now = self.clock()
+        if self.reached is not None and now - self.reached > self.outage_gap:
+            self.patient_until = now + self.writer_timeout
+        return self.writer_timeout if now >= self.patient_until else 10 ** 9
 
     def _count(self, what, n=1):
         if self.stats is not None and n:
@@ -519,9 +540,10 @@ class Finaliser:
         for _ in range(32):  # a backlog drains CLAIM_BATCH buckets per round trip
             reply = yield FINALISE_CLAIM(
                 self.redis, [keys.channel_writers(self.name), keys.channel_open(self.name)],
-                [self.claimant, str(self.writer_timeout), str(self.writer_lag), str(CLAIM_BATCH),
-                 str(CLAIM_MS), keys.channel_claim_prefix(self.name),
+                [self.claimant, str(self.claim_timeout()), str(self.writer_lag),
+                 str(CLAIM_BATCH), str(CLAIM_MS), keys.channel_claim_prefix(self.name),
                  keys.channel_part_prefix(self.name)])
+            self.reached = self.clock()
             reply = list(reply or [])
             if not reply:
                 break

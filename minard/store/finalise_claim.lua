@@ -4,8 +4,9 @@
 --       claim key prefix, parts key prefix
 -- A writer is gone when it has not written for `timeout` seconds of Redis time AND
 -- the most advanced writer is more than `lag` seconds of data ahead of it (a killed
--- worker): it is removed. A frozen Redis ages every stamp at once, but then no writer
--- is far ahead of the others, so nobody is dropped for it.
+-- worker): it is removed. A stalled Redis ages every stamp at once, and the first writer
+-- to write again may be far ahead of the others: the finaliser then passes a timeout
+-- longer than any stall for a while (Finaliser.claim_timeout), so nobody is dropped.
 -- Reply: flat list member, parts (flat HGETALL) for each bucket claimed here.
 local now = tonumber(redis.call('TIME')[1])
 local timeout, lag = tonumber(ARGV[2]), tonumber(ARGV[3])
