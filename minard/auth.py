@@ -8,6 +8,11 @@ constant-time comparison; a successful check is remembered for a few minutes, ke
 fast hash of user, password and the stored line, so that a program posting a heartbeat
 every 5 s does not cost 50 ms of CPU each time. The file is re-read when it changes, so
 `minard-passwd` takes effect without a restart.
+
+An unknown user costs exactly what a wrong password costs: the password is hashed against
+a dummy entry of the same scheme and cost as a real user's (chosen per user name, so that
+with users of several kinds an unknown name looks like a real user of one of them), so
+the answer's timing does not tell who exists.
 """
 import argparse
 import base64
@@ -141,6 +146,8 @@ class Authenticator:
         self._stamp = None
         self.users = {}
         self._cache = {}  # fast key -> expiry time
+        self._dummies = {}  # a real user's stored hash -> a dummy of the same kind and cost
+        self._secret = os.urandom(16)  # which kind an unknown name gets: not predictable
         self.reload()
 
     def reload(self):
@@ -154,6 +161,22 @@ class Authenticator:
             self.users = read_auth_file(self.path)
             self._stamp = stamp
             self._cache.clear()
+            self._dummies = {}
+
+    def _stored(self, user):
+        """The stored hash of user, or for an unknown user a dummy of a real user's kind."""
+        stored = self.users.get(user)
+        if stored is not None:
+            return stored
+        kinds = sorted(self.users.values())
+        if not kinds:
+            return _dummy_hash()
+        pick = hmac.new(self._secret, user.encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).digest()
+        model = kinds[int.from_bytes(pick[:8], "big") % len(kinds)]
+        if model not in self._dummies:
+            self._dummies[model] = dummy_like(model)
+        return self._dummies[model]
 
     def _maybe_reload(self):
         try:
@@ -172,10 +195,10 @@ class Authenticator:
         few seconds never needs a slow check again while the file is unchanged (the key
         includes the stored hash, so a changed password is never served from here)."""
         self._maybe_reload()
-        stored = self.users.get(user)
-        if stored is None:
-            return None
+        stored = self._stored(user)  # the same work for an unknown user
         key = self._cache_key(user, password, stored)
+        if user not in self.users:
+            return None
         expiry = self._cache.get(key)
         now = self.clock()
         if expiry is not None and expiry > now:
@@ -191,18 +214,17 @@ class Authenticator:
                 self._cache.clear()
         self._cache[self._cache_key(user, password, stored)] = now + CACHE_SECONDS
 
-    def _slow_check(self, user, password, stored):
-        if stored is None:
-            # same work for an unknown user, so timing does not reveal who exists
-            verify_password(password, _dummy_hash())
-            return False
-        return verify_password(password, stored)
+    def _slow_check(self, user, password, stored, known):
+        # an unknown user is checked against a dummy of a real user's kind and cost, so
+        # the timing does not reveal who exists
+        ok = verify_password(password, stored)
+        return ok and known
 
     def check(self, user, password):
         if self.cached(user, password):
             return True
-        stored = self.users.get(user)
-        ok = self._slow_check(user, password, stored)
+        stored = self._stored(user)
+        ok = self._slow_check(user, password, stored, user in self.users)
         if ok:
             self._remember(user, password, stored)
         return ok
@@ -213,8 +235,9 @@ class Authenticator:
 
         if self.cached(user, password):
             return defer.succeed(True)
-        stored = self.users.get(user)
-        d = threads.deferToThread(self._slow_check, user, password, stored)
+        stored = self._stored(user)
+        d = threads.deferToThread(self._slow_check, user, password, stored,
+                                  user in self.users)
 
         def done(ok):
             if ok and self.users.get(user) == stored:
@@ -222,6 +245,14 @@ class Authenticator:
             return ok
 
         return d.addCallback(done)
+
+
+def dummy_like(stored):
+    """A stored hash of the same scheme, cost, salt and digest size as `stored` that no
+    password matches (random salt and digest): checking against it costs the same."""
+    scheme, params, salt, digest = stored.split("$")
+    return "$".join((scheme, params, _b64(os.urandom(len(_unb64(salt)))),
+                     _b64(os.urandom(len(_unb64(digest))))))
 
 
 _DUMMY = []

@@ -76,6 +76,23 @@ RAW_HASH_TTL_EXTRA = 300
 #: Data-server client: wait this long for the SRsp, and drop a server silent this long.
 SUBSCRIBE_TIMEOUT = 10.0
 DATA_SERVER_SILENCE = 30.0
+#: Dispatcher link (--idle-timeout of dispatch-push): no RAWDATA/RECHDR record for this
+#: long and the link is dropped and made again. A healthy dispatcher is quiet while the
+#: detector is stopped, so this is a probe, not a verdict: it then costs one reconnection
+#: a minute; a hung dispatcher or a stalled relay is noticed within it. (A dead host or a
+#: cut cable is noticed sooner, by TCP keepalive.)
+DISPATCHER_IDLE_TIMEOUT = 60.0
+#: Frames (dispatcher) or records (data server) in a row that carry no wanted record
+#: before the stream counts as corrupt and is dropped. A live link carries at most a few
+#: in a row (a Born/Died notice, a record nobody subscribed to); zeros or junk carry
+#: hundreds of thousands a second.
+MAX_USELESS_FRAMES = 10000
+#: TCP keepalive on the dispatcher and data-server sockets: first probe after this many
+#: idle seconds, then one every KEEPALIVE_INTERVAL, the link declared dead after
+#: KEEPALIVE_COUNT unanswered ones (a powered-off host or a cut cable: <= 25 s).
+KEEPALIVE_IDLE = 10
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
 
 #: Logging server (SPEC §5.2): rotating log files, size limits, per-client rate limits.
 LOG_SERVER_PORT = 8081
@@ -87,11 +104,51 @@ REQUEST_RATE = 50.0  # requests/s refilled per client ...
 REQUEST_BURST = 200  # ... up to this many at once; beyond -> 429
 AUTH_FAILURE_RATE = 1.0  # failed logins/s refilled per client ...
 AUTH_FAILURE_BURST = 10  # ... beyond -> 429 (each failure costs a slow hash)
+#: Logging server against hostile clients (issue 12). A whole request (headers and body)
+#: must arrive within REQUEST_DEADLINE s of the connection's start (or of the previous
+#: answer on a kept-alive connection), however the bytes trickle in.
+REQUEST_DEADLINE = 10.0
+#: Connections at once: at most this many, and never more than the process's
+#: file-descriptor limit minus LOG_SERVER_FD_RESERVE: Redis, log files, the auth file,
+#: lingering refusals (LINGERING_REFUSALS), and the refused connections of one accept
+#: pass, which live until the next turn of the reactor (at most the listen queue,
+#: Twisted's default 50: keep it so; a longer queue lets a connection flood open more
+#: descriptors in one pass than the reserve holds).
+LOG_SERVER_MAX_CONNECTIONS = 2000
+LOG_SERVER_FD_RESERVE = 100
+#: Connections of one remote address that have not (yet) authenticated.
+CONNECTIONS_PER_ADDRESS = 32
+#: Fractions of the connections kept for loopback (nginx, local programs) and for
+#: addresses that logged in within TRUSTED_ADDRESS_SECONDS: strangers never get them.
+CONNECTIONS_RESERVED_LOCAL = 1 / 8
+CONNECTIONS_RESERVED_TRUSTED = 1 / 4
+TRUSTED_ADDRESS_SECONDS = 3600
+#: A refused or answered-and-closing connection is read (and ignored) this long so that
+#: the client sees the answer instead of a reset; at most LINGERING_REFUSALS refusals.
+LINGER_SECONDS = 2.0
+LINGERING_REFUSALS = 32
+#: Slow password checks of one client at once (more wait their turn, so that one client's
+#: flood does not queue ahead of everyone else in the thread pool).
+AUTH_CHECKS_PER_CLIENT = 2
+#: Post ids (form field `id`): a retried post with the same id is stored once. Remembered
+#: in Redis this long, and the last POST_IDS_REMEMBERED log-line ids in memory too.
+POST_ID_TTL = 3600
+#: A heartbeat is retried within minutes (minard-log --heartbeat: its --retries, ~11 s
+#: each at most), and every beat of a program is a new post: its id needs less time.
+HEARTBEAT_POST_ID_TTL = 300
+POST_IDS_REMEMBERED = 20000
+POST_ID_MAX_LENGTH = 64
+#: How long the log server waits for Redis to claim a log line's post id before writing
+#: the line anyway (the file must not wait for a stalled Redis).
+POST_CLAIM_TIMEOUT = 2.0
 #: Client library (minard.monitor): heartbeat period, retry backoff, forwarded-log queue.
 HEARTBEAT_INTERVAL = 5.0
 MONITOR_MAX_BACKOFF = 30.0
 MONITOR_TIMEOUT = 10.0
 MONITOR_QUEUE = 1000
+#: The client library drops an idle kept-alive connection after this many seconds, before
+#: the server's REQUEST_DEADLINE would close it under a request being sent.
+MONITOR_IDLE_CONNECTION = 8.0
 #: Stale-data watchdog in the log-server ([watchdog] enabled, after-seconds).
 WATCHDOG_AFTER = 60
 WATCHDOG_INTERVAL = 1.0
@@ -100,9 +157,39 @@ WATCHDOG_INTERVAL = 1.0
 WEB_PORT = 8080
 MAX_POINTS = 10000  # a time-series request may ask for at most this many points
 MAX_EXPRESSIONS = 64  # comma-separated expressions in one /metric request
+#: /metric cost: expressions x points at most (each value is at most 2 Redis reads, so a
+#: request is at most ~200 script calls of READ_CHUNK reads, read METRIC_CALLS_IN_FLIGHT
+#: at a time). The Stream page asks 36 x 900 = 32,400.
+MAX_METRIC_VALUES = 100000
+METRIC_CALLS_IN_FLIGHT = 2  # script calls of one /metric request in Redis's queue at most
+#: Requests whose cost grows with their parameters (/metric, /metric_hash, /owl_tubes,
+#: channel and nhit /query): this many run at once, the others wait their turn; cheap
+#: requests (/get_status, /metrics, pages, /stream) never wait behind them.
+EXPENSIVE_RUNNING = 2
+EXPENSIVE_WAITING = 256  # running + waiting at most (beyond -> 503) ...
+EXPENSIVE_PER_ADDRESS = 32  # ... and from one client address (beyond -> 429)
+EXPENSIVE_LOOPBACK_RESERVE = 64  # of EXPENSIVE_WAITING, kept for loopback clients
+NHIT_SAMPLES_PER_CALL = 100  # s of sampled nhit lists /query?name=nhit reads at a time
+#: Connections to the web port: at most this many open (below supervisord's minfds 4096,
+#: leaving room for Redis, log files) ...
+WEB_MAX_CONNECTIONS = 3000
+WEB_CONNECTIONS_PER_ADDRESS = 64  # ... and from one non-loopback peer address
+#: ... of which this many are kept for loopback peers: nginx in front, local tools, ssh
+#: tunnels (a client behind nginx is known by the X-Real-IP nginx sets, for /stream and
+#: the expensive requests; loopback clients are not capped per address).
+WEB_LOOPBACK_RESERVE = 500
 STREAM_INTERVAL = 1.0  # s between /stream messages (one snapshot, sent to every client)
 STREAM_MAX_CLIENTS = 2000  # more /stream clients at once -> 503
-STREAM_DROP_AFTER = 30.0  # s a /stream client may stay unable to take data before it is dropped
+STREAM_PER_ADDRESS = 32  # /stream clients from one non-loopback address (beyond -> 429)
+STREAM_LOOPBACK_RESERVE = 200  # of STREAM_MAX_CLIENTS, kept for loopback clients
+#: A /stream client that cannot keep up is dropped (web/stream.py): when the bytes sent to
+#: it that it has not taken yet (our buffers and the kernel's send queue) exceed
+#: STREAM_MAX_UNSENT, or when it has been behind for STREAM_DROP_AFTER s: something left
+#: on our side, or more than STREAM_UNREAD_SLACK (or two messages) unread in its own
+#: kernel (a client that reads shows about one message and the kernel's rounding).
+STREAM_MAX_UNSENT = 64 * 1024
+STREAM_DROP_AFTER = 5.0
+STREAM_UNREAD_SLACK = 16 * 1024
 STREAM_SNDBUF = 64 * 1024  # bytes of kernel send buffer per /stream client (bounds memory)
 STALE_AFTER = 10  # s without events or pull-worker heartbeat before pages show "stale"
 STALE_LOOKBACK = 60  # s of 1-s buckets /stream looks back to find the last events/heartbeat

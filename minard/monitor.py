@@ -8,7 +8,10 @@ Twisted program, over HTTP or HTTPS with certificate and hostname verification.
 
 Nothing here blocks the program: every post is asynchronous, a failed post is retried
 with exponential backoff, forwarded log records wait in a bounded queue (what does not
-fit is counted and reported when the server is back) and are sent in order.
+fit is counted and reported when the server is back) and are sent in order. Every post
+carries an id (form field `id`), the same in each of its retries, so that the server
+stores a retried post once although an earlier try may have been half stored (its line
+written, its alarm not: the server answered 503 or 507, or the answer was lost).
 
 minard processes get both from their INI file's `[monitor]` section (`from_config`);
 shell scripts and C programs use the `minard-log` command (`main`).
@@ -19,6 +22,7 @@ import json
 import os
 import re
 import sys
+import uuid
 from urllib.parse import urlsplit
 
 from twisted.application.service import MultiService, Service
@@ -39,7 +43,12 @@ TWISTED_LEVELS = {LogLevel.debug: 10, LogLevel.info: 20, LogLevel.warn: 30,
 LEVEL_NAMES = {"DEBUG": 10, "INFO": 20, "SUCCESS": 21, "WARNING": 30, "WARN": 30,
                "ERROR": 40, "DANGER": 40, "CRITICAL": 50}
 #: An answer with one of these codes will never succeed: drop the record.
-PERMANENT_ERRORS = (400, 401, 403, 404, 405, 413)
+PERMANENT_ERRORS = (400, 401, 403, 404, 405, 413, 431)
+
+
+def new_post_id():
+    """A fresh post id: a retry of the post sends the same one."""
+    return uuid.uuid4().hex
 
 
 class MonitorError(Exception):
@@ -106,6 +115,9 @@ class Poster:
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 2
         self.pool.retryAutomatically = False
+        # drop an idle connection before the server's request deadline closes it under
+        # the next request
+        self.pool.cachedConnectionTimeout = C.MONITOR_IDLE_CONNECTION
         agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trust_root),
                       pool=self.pool, connectTimeout=timeout)
         self.client = treq.client.HTTPClient(agent)
@@ -226,7 +238,8 @@ class HeartbeatService(Service):
         self._call = None
         if self._inflight is not None:
             return
-        d = self.poster.post("/heartbeat", {"name": self.name, "status": self._status_text()})
+        d = self.poster.post("/heartbeat", {"name": self.name, "status": self._status_text(),
+                                            "id": new_post_id()})
         self._inflight = d
         d.addCallbacks(self._posted, self._failed)
         d.addBoth(self._done)
@@ -260,8 +273,10 @@ class HeartbeatService(Service):
 class LogSender:
     """Sends log records to /log in order, one at a time, from a bounded queue.
 
-    A record that fails for a transient reason (no connection, 5xx, 429) is retried with
-    backoff; one refused for good (400, 401, 413) is dropped and counted. `max_attempts`
+    A record that fails for a transient reason (no connection, 5xx such as 503 or a full
+    disk's 507, 429) is retried with backoff, always with the record's own post id, so
+    the server writes its line and raises its alarm once however many tries it takes;
+    one refused for good (400, 401, 413, 431) is dropped and counted. `max_attempts`
     (None = forever) bounds the tries of one record. What does not fit in the queue is
     counted in `dropped` and reported with a WARNING record once the server is back.
     """
@@ -278,6 +293,7 @@ class LogSender:
         self.dropped = 0  # did not fit in the queue
         self.refused = 0  # answered with a permanent error
         self.given_up = 0  # max_attempts reached
+        self.last_error = None  # why the last failed post failed
         self._unreported = 0
         self._attempts = 0
         self._sending = None
@@ -294,7 +310,7 @@ class LogSender:
             self.dropped += 1
             self._unreported += 1
             return False
-        self.queue.append((int(level), message, bool(notify)))
+        self.queue.append((int(level), message, bool(notify), new_post_id()))
         self._pump()
         return True
 
@@ -304,8 +320,8 @@ class LogSender:
         if not self.queue:
             self._fire_drained()
             return
-        level, message, notify = self.queue[0]
-        fields = {"name": self.name, "level": str(level), "message": message}
+        level, message, notify, post_id = self.queue[0]
+        fields = {"name": self.name, "level": str(level), "message": message, "id": post_id}
         if notify:
             fields["notify"] = "1"
         d = self.poster.post("/log", fields)
@@ -325,7 +341,8 @@ class LogSender:
         if self._unreported and len(self.queue) < self.max_queue:
             self.queue.append((30, "%d log records were dropped while the log server was "
                                "unreachable (queue of %d full)" % (self._unreported,
-                                                                   self.max_queue), False))
+                                                                   self.max_queue), False,
+                               new_post_id()))
             self._unreported = 0
         self._pump()
 
@@ -334,6 +351,7 @@ class LogSender:
         if failure.check(defer.CancelledError) or self.stopped:
             return
         self._attempts += 1
+        self.last_error = str(failure.value)
         permanent = failure.check(MonitorError) and failure.value.permanent
         if permanent or (self.max_attempts and self._attempts >= self.max_attempts):
             self.queue.popleft()
@@ -610,9 +628,10 @@ def main(argv=None):
 @defer.inlineCallbacks
 def _run(reactor, poster, args, level):
     if args.heartbeat is not None:
+        fields = {"name": args.name, "status": args.heartbeat, "id": new_post_id()}
         for attempt in range(args.retries):
             try:
-                yield poster.post("/heartbeat", {"name": args.name, "status": args.heartbeat})
+                yield poster.post("/heartbeat", fields)
                 return 0
             except MonitorError as e:
                 if e.permanent or attempt == args.retries - 1:
@@ -628,8 +647,8 @@ def _run(reactor, poster, args, level):
     yield sender.drained()
     failed = sender.refused + sender.given_up + sender.dropped
     if failed:
-        sys.stderr.write("minard-log: %d of %d records not posted\n"
-                         % (failed, failed + sender.sent))
+        sys.stderr.write("minard-log: %d of %d records not posted (last answer: %s)\n"
+                         % (failed, failed + sender.sent, sender.last_error))
         raise SystemExit(1)
     return 0
 

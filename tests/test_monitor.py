@@ -74,8 +74,13 @@ class HeartbeatScheduleTests(unittest.TestCase):
         self.clock.advance(0)
         self.clock.pump([1] * 21)
         self.assertEqual(self.times(), [0, 5, 10, 15, 20])
-        self.assertEqual(self.poster.posts[0][1:], ("/heartbeat", {"name": "builder",
-                                                                  "status": "ok"}))
+        path, fields = self.poster.posts[0][1], dict(self.poster.posts[0][2])
+        post_id = fields.pop("id")
+        self.assertEqual((path, fields), ("/heartbeat", {"name": "builder", "status": "ok"}))
+        # every beat is a post of its own
+        ids = [f["id"] for _, _, f in self.poster.posts]
+        self.assertEqual(ids[0], post_id)
+        self.assertEqual(len(set(ids)), len(ids))
 
     def test_backoff_while_down_then_back_to_interval(self):
         self.clock.advance(0)
@@ -132,8 +137,9 @@ class LogSenderTests(unittest.TestCase):
         for i in range(3):
             self.sender.send(40, "m%d" % i)
         self.assertEqual(self.messages(), ["m0", "m1", "m2"])
-        self.assertEqual(self.poster.posts[0][2], {"name": "builder", "level": "40",
-                                                   "message": "m0"})
+        fields = dict(self.poster.posts[0][2])
+        self.assertRegex(fields.pop("id"), r"^[0-9a-f]{32}$")
+        self.assertEqual(fields, {"name": "builder", "level": "40", "message": "m0"})
         self.sender.send(21, "done", notify=True)
         self.assertEqual(self.poster.posts[-1][2]["notify"], "1")
 
@@ -161,6 +167,22 @@ class LogSenderTests(unittest.TestCase):
         self.poster.up = True
         self.sender.send(40, "next")
         self.assertEqual(self.messages(), ["refused", "next"])
+
+    def test_a_retry_sends_the_same_id(self):
+        self.poster.up = False
+        self.sender.send(40, "again")
+        self.sender.send(40, "other")
+        self.clock.pump([1] * 8)
+        self.poster.up = True
+        self.clock.pump([1] * 31)
+        ids = {}
+        for _, _, fields in self.poster.posts:
+            ids.setdefault(fields["message"], set()).add(fields["id"])
+        self.assertGreater(len([f for _, _, f in self.poster.posts
+                                if f["message"] == "again"]), 2)
+        self.assertEqual(len(ids["again"]), 1)  # every try of a record: one id
+        self.assertEqual(len(ids["other"]), 1)
+        self.assertNotEqual(ids["again"], ids["other"])
 
     def test_max_attempts(self):
         sender = monitor.LogSender(self.poster, "builder", max_attempts=3, clock=self.clock)

@@ -3,8 +3,18 @@
 
     twistd -n minard --role=log-server --listen tcp:8081 --auth-file /etc/minard/users \\
         --log-dir /var/log/snoplus --programs etc/programs.ini
+
+Its connection caps come from an optional `[connections]` section of the --config file:
+`max` (connections at once; default and ceiling: the file-descriptor limit, raised to its
+hard limit at start, minus LOG_SERVER_FD_RESERVE, and at most
+LOG_SERVER_MAX_CONNECTIONS), `per-address` (connections of one remote address before one
+authenticates, default CONNECTIONS_PER_ADDRESS) and `request-seconds` (the request
+deadline, default REQUEST_DEADLINE; keep it above the client library's
+MONITOR_IDLE_CONNECTION, or kept-alive connections may be closed under a request). Keep
+the listen queue of --listen at Twisted's default (see LOG_SERVER_FD_RESERVE).
 """
 import os
+import resource
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.internet import defer, endpoints
@@ -50,6 +60,50 @@ class OwnHeartbeat(TimerService):
         self._pending = None
 
 
+CONNECTION_KEYS = {"max", "per-address", "request-seconds"}
+
+
+def descriptor_budget():
+    """Connections the process can hold: its file-descriptor limit (the soft limit is
+    raised towards the hard one first) minus LOG_SERVER_FD_RESERVE, at most
+    LOG_SERVER_MAX_CONNECTIONS. Kept below the limit, accept() never fails: the issue's
+    flood reset every heartbeat once the process ran out of descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = C.LOG_SERVER_MAX_CONNECTIONS + C.LOG_SERVER_FD_RESERVE
+        target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+            except (ValueError, OSError):
+                pass
+    return max(1, min(C.LOG_SERVER_MAX_CONNECTIONS, soft - C.LOG_SERVER_FD_RESERVE))
+
+
+def parse_connections(section, budget):
+    """(max, per_address, request_seconds) from a [connections] section; ValueError."""
+    section = section or {}
+    unknown = set(section) - CONNECTION_KEYS
+    if unknown:
+        raise ValueError("[connections] unknown key %r (known: %s)"
+                         % (sorted(unknown)[0], ", ".join(sorted(CONNECTION_KEYS))))
+    values = []
+    for key, default, low, high, kind in (
+            ("max", budget, 1, budget, int),
+            ("per-address", C.CONNECTIONS_PER_ADDRESS, 1, budget, int),
+            ("request-seconds", C.REQUEST_DEADLINE, 0.1, 3600, float)):
+        try:
+            value = kind(section.get(key, default))
+        except (TypeError, ValueError):
+            raise ValueError("[connections] %s must be a number" % (key,))
+        if not low <= value <= high:
+            raise ValueError("[connections] %s must be between %g and %g (the file-"
+                             "descriptor limit bounds max)" % (key, low, high))
+        values.append(value)
+    return tuple(values)
+
+
 def make_service(options, reactor):
     if not options.get("auth-file"):
         raise OptionError("--auth-file is required for role log-server (writes need "
@@ -68,6 +122,8 @@ def make_service(options, reactor):
     sections = options.get("config-sections") or {}
     try:
         watchdog_enabled, watchdog_after = parse_section(sections.get("watchdog"))
+        max_connections, per_address, request_seconds = parse_connections(
+            sections.get("connections"), descriptor_budget())
     except ValueError as e:
         raise OptionError(str(e))
     try:
@@ -79,7 +135,8 @@ def make_service(options, reactor):
 
     base = ProcessBase(options, "log-server")
     site = make_log_site(base.redis, programs, options["log-dir"], auth, clock=reactor,
-                         stats=base.stats)
+                         stats=base.stats, max_connections=max_connections,
+                         per_address=per_address, request_deadline=request_seconds)
     endpoint = endpoints.serverFromString(reactor, options["listen"])
     listener = StreamServerEndpointService(endpoint, site.site())
     listener._raiseSynchronously = True  # a port in use stops the start, not just logs
