@@ -42,6 +42,17 @@ def positive_float(text):
     return value
 
 
+def timeout_seconds(text):
+    """Seconds, or 0 to switch the timeout off."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise OptionError("must be a number of seconds (0: off)")
+    if not value >= 0 or value == float("inf"):
+        raise OptionError("must be a number of seconds (0: off)")
+    return value
+
+
 def integer(text):
     try:
         return int(text)
@@ -173,6 +184,10 @@ ROLES = {
         ("subscription", "w RAWDATA w RECHDR", subscription, "ControlHost subscription"),
         ("zmq", C.EVENTS_ZMQ, zmq_endpoint, "ZeroMQ PUSH endpoint to bind"),
         ("capture", None, writable_file, "also append every received frame to FILE"),
+        ("idle-timeout", "%g" % C.DISPATCHER_IDLE_TIMEOUT, timeout_seconds,
+         "reconnect when no record came for this many seconds (a stopped detector sends "
+         "none: then one reconnection per period; 0: off, TCP keepalive still notices a "
+         "dead host)"),
     ],
     "dispatch-pull": [
         ("zmq", C.EVENTS_ZMQ, zmq_endpoint, "ZeroMQ PULL endpoint to connect to"),
@@ -183,6 +198,8 @@ ROLES = {
         ("port", str(C.DATA_SERVER_PORT), port_number, "data server port"),
         ("cmos-zmq", C.CMOS_ZMQ, zmq_endpoint, "ZeroMQ PUSH endpoint for CMOS records"),
         ("base-zmq", C.BASE_ZMQ, zmq_endpoint, "ZeroMQ PUSH endpoint for BASE records"),
+        ("idle-timeout", "%g" % C.DATA_SERVER_SILENCE, timeout_seconds,
+         "reconnect when no CMOS or BASE record came for this many seconds (0: off)"),
     ],
     "data-consumer": [
         ("port", "5557", port_number, "pull from tcp://127.0.0.1:PORT (5557 CMOS, 5558 BASE)"),

@@ -174,6 +174,69 @@ class ProtocolTests(unittest.TestCase):
         p.dataReceived(record(C.RECORD_CMOS, bytes(1164)))  # after the drop: ignored
         self.assertEqual(self.listener.frames, [])
 
+    def test_zeros_after_ok_are_a_corrupt_stream(self):
+        """A server sending zeros (records of id 0, length 0) is dropped after
+        max_useless of them in a row, counted once as a corrupt stream."""
+        self.factory.max_useless = 1000
+        p, t = self.connect()
+        p.dataReceived(ds.encode_response("OK") + record(C.RECORD_CMOS, bytes(1164)))
+        sent = 0
+        while not t.disconnected and sent < 10 ** 7:
+            p.dataReceived(bytes(65536))
+            sent += 65536
+        self.assertEqual(sent, 65536)  # 5461 zero records in the first read: over the bound
+        self.assertEqual(self.stats.counters["corrupt_useless_stream"], 1)
+        self.assertEqual(self.stats.counters["corrupt_unexpected_record"], 65536 // 12)
+        self.assertEqual(self.stats.counters["corrupt"], 65536 // 12 + 1)
+        self.assertEqual(self.listener.events, ["up", "subscribed", "down"])  # at once
+        self.assertEqual(self.stats.gauges, {"connected": 0, "subscribed": 0})
+        self.assertEqual(self.factory.failures, 1)
+        p.connectionLost(None)
+        self.assertEqual(self.listener.events, ["up", "subscribed", "down"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_unexpected_records_in_a_row(self):
+        self.factory.max_useless = 50
+        p, t = self.connect()
+        p.dataReceived(ds.encode_response("OK"))
+        pmt = record(C.RECORD_PMT, b"x" * 20)
+        for _ in range(10):  # runs of 50 between wanted records: allowed
+            p.dataReceived(pmt * 50 + record(C.RECORD_BASE, bytes(1100)))
+        self.assertFalse(t.disconnected)
+        p.dataReceived(pmt * 30)
+        p.dataReceived(pmt * 21)  # the run carries over reads
+        self.assertTrue(t.disconnected)
+        self.assertEqual(self.stats.counters["corrupt_useless_stream"], 1)
+        self.assertEqual(self.stats.counters["unexpected_records"], 551)
+        self.assertEqual(len(self.listener.frames), 10)
+
+    def test_repeated_replies_are_not_records(self):
+        self.factory.max_useless = 50
+        p, t = self.connect()
+        p.dataReceived(ds.encode_response("OK") * 52)
+        self.assertTrue(t.disconnected)
+        self.assertEqual(self.stats.counters["corrupt_useless_stream"], 1)
+
+    def test_only_records_reset_the_silence_timer(self):
+        """Zeros, records not asked for and repeated replies keep coming: not alive."""
+        p, t = self.connect()
+        p.dataReceived(ds.encode_response("OK"))
+        for _ in range(19):
+            self.clock.advance(1)
+            p.dataReceived(bytes(12) + record(C.RECORD_PMT, b"x") + ds.encode_response("OK"))
+        self.assertFalse(t.disconnected)
+        self.clock.advance(1.1)
+        self.assertTrue(t.disconnected)
+        self.assertEqual(self.stats.counters["silent_drops"], 1)
+        self.assertEqual(self.listener.events, ["up", "subscribed", "down"])
+
+    def test_silence_timeout_zero_is_off(self):
+        self.factory.silence_timeout = 0
+        p, t = self.connect()
+        p.dataReceived(ds.encode_response("OK"))
+        self.clock.advance(10 ** 6)
+        self.assertFalse(t.disconnected)
+
     def test_stats_and_state(self):
         p, t = self.connect()
         self.assertEqual(self.stats.gauges["connected"], 1)
@@ -252,6 +315,14 @@ class RealConnectionTests(unittest.TestCase):
         listener, stats, factory = self.start_client(port, subscribe_timeout=0.3)
         yield wait_for(lambda: stats.counters.get("subscribe_timeouts", 0) >= 2, timeout=10)
         self.assertGreaterEqual(stats.counters["connections"], 2)
+
+    @defer.inlineCallbacks
+    def test_socket_has_keepalive(self):
+        from tests.test_ingest_dispatcher import assert_keepalive
+        _, port = self.start_server()
+        listener, stats, factory = self.start_client(port)
+        yield wait_for(lambda: factory.connection is not None, timeout=10)
+        assert_keepalive(self, factory.connection.transport.getHandle())
 
     @defer.inlineCallbacks
     def test_server_restart(self):

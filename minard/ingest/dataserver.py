@@ -5,17 +5,25 @@ hand every record on, keeping the link healthy.
   `SRsp`. An error reply, or no reply within SUBSCRIBE_TIMEOUT, is logged and the
   connection dropped and retried with a growing delay (the original client never
   noticed a server that ignored it).
-* A server that sends nothing for DATA_SERVER_SILENCE seconds (its crates report about
-  once a second) is treated as gone: the connection is dropped and made again.
-* A stream that cannot be framed (a length above MAX_RECORD_SIZE) is counted, and the
-  connection dropped and made again.
-ClientService does the reconnecting, with exponential backoff.
+* A server that sends no CMOS or BASE record for `silence_timeout` seconds (data-producer
+  --idle-timeout, default DATA_SERVER_SILENCE; its crates report about once a second) is
+  treated as gone: the connection is dropped and made again. Only records reset this
+  clock, not bytes: a stream of zeros or of records nobody asked for is not a live server.
+* A stream that cannot be framed (a length above MAX_RECORD_SIZE) is counted
+  (`corrupt_stream`), and the connection dropped and made again; so is one that carries
+  more than `max_useless` records in a row that were not asked for
+  (`corrupt_useless_stream`; zeros frame as records of id 0 and length 0).
+* TCP keepalive (minard.ingest.keepalive) notices a host that is gone.
+* Dropping a link tells the listener at once (`link_down`), not when the socket closes.
+ClientService does the reconnecting, with exponential backoff; bad connections in a row
+(refused, silent, corrupt) lengthen the delay.
 """
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import protocol
 from twisted.logger import Logger
 
 from minard import constants as C
+from minard.ingest.keepalive import enable_keepalive
 from minard.stats import CorruptionLog
 from minard.wire import datastream as ds
 
@@ -33,6 +41,8 @@ class DataServerProtocol(protocol.Protocol):
         self.decoder = ds.FrameDecoder()
         self.subscribed = False
         self.dropped = False
+        self.useless = 0  # records not asked for since the last wanted one (or the reply)
+        self.useless_first = None  # the id of the first of them (for the log)
         self._reply_timer = None
         self._silence_timer = None
 
@@ -40,9 +50,11 @@ class DataServerProtocol(protocol.Protocol):
         f = self.factory
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = READ_SIZE
+        enable_keepalive(self.transport)
         self.transport.write(ds.encode_subscribe(f.wanted))
         self._reply_timer = f.clock.callLater(f.subscribe_timeout, self._no_reply)
-        self._silence_timer = f.clock.callLater(f.silence_timeout, self._silent)
+        if f.silence_timeout:
+            self._silence_timer = f.clock.callLater(f.silence_timeout, self._silent)
         f.link_up(self)
 
     def dataReceived(self, data):
@@ -50,36 +62,74 @@ class DataServerProtocol(protocol.Protocol):
             return
         f = self.factory
         f.stats.incr("bytes", len(data))
-        if self._silence_timer is not None and self._silence_timer.active():
-            self._silence_timer.reset(f.silence_timeout)
         try:
             frames = self.decoder.feed(data)
         except ds.CorruptStream as e:
             self.handle_frames(e.frames)  # complete before the corruption: received intact
             if not self.dropped:
                 f.corruption.note("stream", 1, str(e))
+                f.failures += 1
                 self.drop("corrupt stream")
             return
         self.handle_frames(frames)
 
     def handle_frames(self, frames):
+        """Hand the wanted records on, take the reply, count the rest: once per read, not
+        once per record (zeros come by the million)."""
         f = self.factory
+        wanted = f.wanted
         records = []
+        unexpected = 0
+        first_unexpected = None
+        run = self.useless  # records in a row that were not asked for
+        longest = run
         for frame in frames:
-            if frame.record_id in f.wanted:
+            rid = frame.record_id
+            if rid in wanted:
                 records.append(frame)
-            elif frame.record_id == C.RECORD_SRSP:
+                run = 0
+                continue
+            if rid == C.RECORD_SRSP:
+                useful = not self.subscribed  # replies after the first show no live server
                 if records:
-                    f.on_records(records)
+                    self._deliver(records)
                     records = []
+                if useful:
+                    self._alive()
                 self._reply(frame)
                 if self.dropped:
-                    return
+                    break
+                if useful:
+                    run = 0
+                    continue
             else:
-                f.stats.incr("unexpected_records")
-                f.corruption.note("unexpected_record", 1, ds.record_name(frame.record_id))
-        if records:
-            f.on_records(records)
+                unexpected += 1
+                if first_unexpected is None:
+                    first_unexpected = rid
+            if run == 0:
+                self.useless_first = rid
+            run += 1
+            longest = max(longest, run)
+        self.useless = run
+        if unexpected:
+            f.stats.incr("unexpected_records", unexpected)
+            f.corruption.note("unexpected_record", unexpected, ds.record_name(first_unexpected))
+        if records and not self.dropped:
+            self._deliver(records)
+        if longest > f.max_useless and not self.dropped:
+            f.corruption.note("useless_stream", 1, "%d records in a row that were not asked "
+                              "for (first %s)" % (longest, ds.record_name(self.useless_first)))
+            f.failures += 1
+            self.drop("no wanted records")
+
+    def _deliver(self, records):
+        self._alive()
+        self.factory.on_records(records)
+
+    def _alive(self):
+        """A wanted record or the reply: the server is alive (bytes alone do not say so)."""
+        if self._silence_timer is not None and self._silence_timer.active():
+            self._silence_timer.reset(self.factory.silence_timeout)
 
     def _reply(self, frame):
         f = self.factory
@@ -111,13 +161,19 @@ class DataServerProtocol(protocol.Protocol):
         self._silence_timer = None
         f.stats.incr("silent_drops")
         f.failures += 1
-        self.log.warn("data server silent for {t:g} s; reconnecting", t=f.silence_timeout)
+        f.corruption.trouble("data_server_silent", "no CMOS or BASE record for %g s "
+                             "(%d records not asked for); reconnecting"
+                             % (f.silence_timeout, self.useless))
         self.drop("silent")
 
     def drop(self, why):
+        """Drop the link now and say so at once (the socket closes a moment later)."""
         if not self.dropped:
             self.dropped = True
+            self._cancel(self._reply_timer)
+            self._cancel(self._silence_timer)
             self.factory.stats.incr("drops")
+            self.factory.link_down(self)
             self.transport.abortConnection()
 
     @staticmethod
@@ -140,13 +196,15 @@ class DataServerClientFactory(protocol.Factory):
     log = Logger()
 
     def __init__(self, listener, stats, clock, wanted=WANTED,
-                 subscribe_timeout=C.SUBSCRIBE_TIMEOUT, silence_timeout=C.DATA_SERVER_SILENCE):
+                 subscribe_timeout=C.SUBSCRIBE_TIMEOUT, silence_timeout=C.DATA_SERVER_SILENCE,
+                 max_useless=C.MAX_USELESS_FRAMES):
         self.listener = listener
         self.stats = stats
         self.clock = clock
         self.wanted = tuple(wanted)
         self.subscribe_timeout = subscribe_timeout
         self.silence_timeout = silence_timeout
+        self.max_useless = max_useless
         self.corruption = CorruptionLog(stats, clock=clock.seconds)
         self.connection = None
         self.failures = 0       # bad connections in a row: lengthens the retry delay
@@ -181,10 +239,12 @@ class DataServerClientFactory(protocol.Factory):
         self._notify("subscribed", connection)
 
     def link_down(self, connection):
-        if self.connection is connection:
-            self.connection = None
-            self.stats.set("connected", 0)
-            self.stats.set("subscribed", 0)
+        """Once per connection: when it is dropped, or when it closes by itself."""
+        if self.connection is not connection:
+            return
+        self.connection = None
+        self.stats.set("connected", 0)
+        self.stats.set("subscribed", 0)
         self._notify("link_down", connection)
 
     def _notify(self, what, connection):

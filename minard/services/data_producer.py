@@ -1,12 +1,13 @@
 """`data-producer`: data server -> ZeroMQ PUSH (SPEC §1, §2.4, §2.5).
 
 Subscribes to CMOS and BASE records (reconnecting with backoff when the server goes away,
-refuses, or falls silent) and pushes each record, header included, stamped with its
-receipt time, to the CMOS (5557) or BASE (5558) endpoint: frame 0 = receipt time (int64
-big-endian ns), frames 1..n = records. The push side follows dispatch-push's rules: a
-batch refused at the high-water mark is held briefly, then dropped and counted; the
-reactor never blocks. The data server link is not paused (the server drops for slow
-clients itself, and a paused link would look silent).
+refuses, sends only what was not asked for, or sends no record for --idle-timeout
+seconds) and pushes each record, header included, stamped with its receipt time, to the
+CMOS (5557) or BASE (5558) endpoint: frame 0 = receipt time (int64 big-endian ns), frames
+1..n = records. The push side follows dispatch-push's rules: a batch refused at the
+high-water mark is held briefly, then dropped and counted; the reactor never blocks. The
+data server link is not paused (the server drops for slow clients itself, and a paused
+link would look silent).
 """
 import time
 
@@ -99,7 +100,9 @@ def make_service(options, reactor):
     producer = DataProducer(options, reactor, base.stats)
     base.status = producer.status
     producer.setServiceParent(base.service)
-    factory = DataServerClientFactory(producer, base.stats, reactor)
+    factory = DataServerClientFactory(
+        producer, base.stats, reactor,
+        silence_timeout=options.get("idle-timeout", C.DATA_SERVER_SILENCE))
     endpoint = endpoints.HostnameEndpoint(reactor, options["host"], options["port"], timeout=10)
     client_service(endpoint, factory, reactor).setServiceParent(base.service)
     return base.service

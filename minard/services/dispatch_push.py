@@ -1,28 +1,29 @@
 """`dispatch-push`: ControlHost dispatcher -> ZeroMQ PUSH (SPEC §2.1, §2.5).
 
-Connects (reconnecting with backoff), subscribes, asks for every portion (`Always`),
-names itself, and forwards RAWDATA/RECHDR records stamped with their receipt time, in
-batches. When no worker keeps up, ZeroMQ's high-water mark is reached: the link stops
-reading the dispatcher socket (TCP pushes back, and a `w` subscription lets the dispatcher
-drop for us), holds one batch for up to HOLD_LIMIT seconds, then drops it and counts it.
-The reactor never blocks and memory stays bounded. The `dispatcher` key lives only while
-the link is up.
+The role's wiring. The dispatcher client (minard.ingest.dispatcher) connects, reconnecting
+with backoff, subscribes, asks for every portion (`Always`), names itself, and drops a
+link that is corrupt, carries no records or falls silent (--idle-timeout); this module
+forwards the RAWDATA/RECHDR records stamped with their receipt time, in batches. When no
+worker keeps up, ZeroMQ's high-water mark is reached: the link stops reading the
+dispatcher socket (TCP pushes back, and a `w` subscription lets the dispatcher drop for
+us), holds one batch for up to HOLD_LIMIT seconds, then drops it and counts it. The
+reactor never blocks and memory stays bounded. The `dispatcher` key lives only while the
+link is up: set when it comes up, deleted the moment it is dropped.
 """
 import time
 
-from twisted.application.internet import ClientService, TimerService, backoffPolicy
+from twisted.application.internet import TimerService
 from twisted.application.service import Service
-from twisted.internet import endpoints, protocol
+from twisted.internet import endpoints
 from twisted.logger import Logger
 
-from minard import zmqlink
+from minard import constants as C, zmqlink
+from minard.ingest import dispatcher
 from minard.services.common import ProcessBase
 from minard.stats import CorruptionLog
 from minard.store import keys
-from minard.wire.controlhost import CASPUR, DIALECTS, CorruptStream, FrameDecoder, tag_bytes
+from minard.wire.controlhost import CASPUR, DIALECTS
 
-CLIENT_ID = "minard"
-WANTED_TAGS = (tag_bytes("RAWDATA"), tag_bytes("RECHDR"))
 #: Records per ZeroMQ message at most; a batch also leaves after BATCH_DELAY seconds.
 BATCH_RECORDS = 4000
 BATCH_DELAY = 0.002
@@ -34,8 +35,6 @@ RETRY_INTERVAL = 0.005
 #: The dispatcher key: refreshed this often, living this long (SPEC §4).
 DISPATCHER_REFRESH = 20
 DISPATCHER_TTL = 60
-#: Bytes read from the dispatcher socket per read (bigger reads, fewer Python calls).
-READ_SIZE = 1 << 18
 
 
 class Forwarder:
@@ -123,54 +122,11 @@ class Forwarder:
                 call.cancel()
 
 
-class DispatcherProtocol(protocol.Protocol):
-    """One connection to a ControlHost dispatcher."""
-
-    def connectionMade(self):
-        service = self.factory.service
-        self.decoder = FrameDecoder(service.dialect)
-        if hasattr(self.transport, "bufferSize"):
-            self.transport.bufferSize = READ_SIZE
-        self.transport.write(service.dialect.client_handshake(service.subscription, CLIENT_ID))
-        service.link_up(self)
-
-    def dataReceived(self, data):
-        service = self.factory.service
-        stats = service.stats
-        stats.incr("bytes", len(data))
-        try:
-            frames = self.decoder.feed(data)
-        except CorruptStream as e:
-            self.forward(e.frames)  # complete before the corruption: received intact
-            service.corruption.note("stream", 1, str(e))
-            stats.incr("corrupt_streams_dropped")
-            self.transport.abortConnection()
-            return
-        self.forward(frames)
-
-    def forward(self, frames):
-        service = self.factory.service
-        stats = service.stats
-        if not frames:
-            return
-        stats.incr("frames", len(frames))
-        records = [payload for tag, payload in frames if tag in WANTED_TAGS]
-        ignored = len(frames) - len(records)
-        if ignored:
-            stats.incr("ignored_frames", ignored)
-        if service.capture is not None:
-            service.capture_frames(frames)
-        stats.incr("records", len(records))
-        service.forwarder.add(records)
-
-    def connectionLost(self, reason):
-        if self.decoder.buffered and not self.decoder.corrupt:
-            # the dispatcher went away in the middle of a frame: that record never came
-            self.factory.service.stats.incr("partial_frames_dropped")
-        self.factory.service.link_down(self)
-
-
 class DispatchPush(Service):
+    """The listener of the dispatcher client: records to the Forwarder, frames to the
+    capture file, and the `dispatcher` key, which lives only while the link is up (set
+    when it comes up, deleted the moment it is dropped, not left to expire)."""
+
     log = Logger()
 
     def __init__(self, options, reactor, stats, redis, link=None):
@@ -181,6 +137,7 @@ class DispatchPush(Service):
         self.port = options["port"]
         self.dialect = DIALECTS[options["dialect"]]
         self.subscription = options["subscription"]
+        self.idle_timeout = options.get("idle-timeout", C.DISPATCHER_IDLE_TIMEOUT)
         self.capture_path = options.get("capture")
         self.capture = None
         self.zmq_address = options["zmq"]
@@ -188,7 +145,13 @@ class DispatchPush(Service):
         self.forwarder = None
         self.corruption = CorruptionLog(stats, clock=reactor.seconds)
         self.connection = None
-        self.stats.set("connected", 0)
+        self.quiet = False  # reconnecting after an idle drop: the client logs those itself
+
+    def client_factory(self):
+        """The dispatcher client's factory, reporting to this service."""
+        return dispatcher.DispatcherClientFactory(
+            self, self.stats, self.reactor, dialect=self.dialect,
+            subscription=self.subscription, idle_timeout=self.idle_timeout)
 
     def startService(self):
         Service.startService(self)
@@ -207,6 +170,17 @@ class DispatchPush(Service):
             self.capture = None
         return self._forget_dispatcher()
 
+    # -- DispatcherClientFactory listener --------------------------------------------------
+
+    def on_frames(self, frames):
+        if self.capture is not None:
+            self.capture_frames(frames)
+
+    def on_records(self, records):
+        if records:
+            self.quiet = False
+            self.forwarder.add(records)
+
     def capture_frames(self, frames):
         """Append frames to the capture file in CASPUR framing (what --replay serves)."""
         try:
@@ -217,11 +191,10 @@ class DispatchPush(Service):
 
     def link_up(self, connection):
         self.connection = connection
-        self.forwarder.transport = connection.transport
-        self.stats.incr("connections")
-        self.stats.set("connected", 1)
-        self.log.info("connected to dispatcher {host}:{port} ({dialect})", host=self.host,
-                      port=self.port, dialect=self.dialect.name)
+        self.forwarder.transport = connection  # paused (with its idle clock) on back-pressure
+        if not self.quiet:
+            self.log.info("connected to dispatcher {host}:{port} ({dialect})", host=self.host,
+                          port=self.port, dialect=self.dialect.name)
         self.refresh_dispatcher_key()
 
     def link_down(self, connection):
@@ -229,8 +202,9 @@ class DispatchPush(Service):
             self.connection = None
             self.forwarder.send_batch()
             self.forwarder.transport = None
-            self.stats.set("connected", 0)
-            self.log.info("lost the dispatcher link; reconnecting")
+            self.quiet = connection.idle_dropped
+            if not self.quiet:
+                self.log.info("lost the dispatcher link; reconnecting")
             self._forget_dispatcher()
 
     def refresh_dispatcher_key(self):
@@ -251,13 +225,9 @@ def make_service(options, reactor):
     push = DispatchPush(options, reactor, base.stats, base.redis)
     base.status = lambda: "ok" if push.connection is not None else "dispatcher link down"
     push.setServiceParent(base.service)
-
-    factory = protocol.Factory.forProtocol(DispatcherProtocol)
-    factory.service = push
     endpoint = endpoints.HostnameEndpoint(reactor, options["host"], options["port"],
                                           timeout=10)
-    client = ClientService(endpoint, factory, retryPolicy=backoffPolicy(
-        initialDelay=0.5, maxDelay=10.0), clock=reactor)
-    client.setServiceParent(base.service)
+    dispatcher.client_service(endpoint, push.client_factory(), reactor).setServiceParent(
+        base.service)
     TimerService(DISPATCHER_REFRESH, push.refresh_dispatcher_key).setServiceParent(base.service)
     return base.service
