@@ -15,6 +15,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 import ipaddress
 
 from minard.services import web
+from minard.web.site import AddressLimit
 from tests.support import RedisTestMixin, free_port, wait_for
 from tests.web_support import PROGRAMS, SiteTestMixin
 
@@ -94,6 +95,34 @@ class ServiceTests(RedisTestMixin, unittest.TestCase):
         yield wait_for(lambda: b"tls-host" in b"".join(chunks), timeout=10)
         yield service.stopService()  # ends every stream
         yield done
+
+    @defer.inlineCallbacks
+    def test_connections_over_the_cap_are_aborted_under_tls_too(self):
+        directory = tempfile.mkdtemp()
+        key_path, cert_path, cert_pem = self_signed(directory)
+        port = free_port()
+        service = self.start("ssl:%d:privateKey=%s:certKey=%s:interface=127.0.0.1"
+                             % (port, key_path, cert_path))
+        # every peer counted as an outside address here (tests talk to 127.0.0.1 only)
+        service.factory.connections = AddressLimit(10, 1, 2, "connections",
+                                                   loopback=lambda host: False)
+        trust = ssl.Certificate.loadPEM(cert_pem)
+        kept = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(kept.closeCachedConnections)
+        first = treq.client.HTTPClient(Agent(
+            reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust), pool=kept))
+        second = treq.client.HTTPClient(Agent(
+            reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust),
+            pool=HTTPConnectionPool(reactor, persistent=False)))
+        resp = yield first.get("https://localhost:%d/get_alarm" % port)  # kept open
+        self.assertEqual(resp.code, 200)
+        yield resp.content()
+        with self.assertRaises(Exception):  # aborted before the handshake
+            yield second.get("https://localhost:%d/get_alarm" % port)
+        self.assertEqual(service.site.stats.counters["connections_refused"], 1)
+        resp = yield first.get("https://localhost:%d/get_status?name=builder" % port)
+        self.assertEqual(resp.code, 200)
+        yield resp.content()
 
 
 PROM_LINE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? '

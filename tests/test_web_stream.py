@@ -1,9 +1,10 @@
-"""/stream: one snapshot per tick for all clients; a stalled client is skipped and dropped."""
+"""/stream: one snapshot per tick for all clients; a client that cannot keep up is dropped
+promptly, whether it never reads or reads too slowly."""
 import json
 import socket
 import time
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, task
 from twisted.trial import unittest
 
 from minard.web.stream import sse_message, staleness
@@ -15,19 +16,23 @@ class StreamReader(protocol.Protocol):
     """A /stream client over plain TCP; `messages` are the decoded data payloads."""
 
     stall = False
+    headers = b""
 
     def connectionMade(self):
         self.buffer = b""
         self.messages = []
         self.closed = False
+        self.closed_at = None
         if self.stall:
             sock = self.transport.getHandle()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.transport.write(b"GET /stream HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        self.transport.write(b"GET /stream HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+                             + self.headers + b"\r\n")
         if self.stall:
             self.transport.pauseProducing()  # never read: the server's buffers fill
 
     def dataReceived(self, data):
+        self.received = getattr(self, "received", 0) + len(data)
         self.buffer += data
         while b"\n\n" in self.buffer:
             block, self.buffer = self.buffer.split(b"\n\n", 1)
@@ -37,10 +42,44 @@ class StreamReader(protocol.Protocol):
 
     def connectionLost(self, reason):
         self.closed = True
+        self.closed_at = time.monotonic()
 
 
 class StallingReader(StreamReader):
     stall = True
+
+
+class SlowReader(StreamReader):
+    """Reads, but only `rate` bytes a second (small sips straight from the socket, the
+    transport itself never reading), through a small receive buffer."""
+
+    stall = True
+    rate = 10000
+    sip = 0.05
+
+    def connectionMade(self):
+        StreamReader.connectionMade(self)
+        self.sips = task.LoopingCall(self.take)
+        self.sips.start(self.sip, now=False)
+
+    def take(self):
+        if self.closed:
+            return
+        try:
+            data = self.transport.getHandle().recv(int(self.rate * self.sip))
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.dataReceived(data)
+        else:  # the server closed the connection
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        StreamReader.connectionLost(self, reason)
+        if self.sips.running:
+            self.sips.stop()
 
 
 class StreamTests(SiteTestMixin, unittest.TestCase):
@@ -74,7 +113,8 @@ class StreamTests(SiteTestMixin, unittest.TestCase):
         counters = self.site.stats.counters
         s0, m0 = counters["stream_snapshots"], counters["stream_messages"]
         seen = [len(p.messages) for p in self.clients]
-        yield wait_for(lambda: all(len(p.messages) >= n + 5 for p, n in
+        # (one message counted in s0 may still be on its way to the clients)
+        yield wait_for(lambda: all(len(p.messages) >= n + 6 for p, n in
                                    zip(self.clients, seen)), timeout=20)
         # one Redis snapshot per tick, sent to all 60 clients
         snapshots = counters["stream_snapshots"] - s0
@@ -101,30 +141,116 @@ class StreamTests(SiteTestMixin, unittest.TestCase):
         yield wait_for(lambda: not hub.clients)
         self.assertIsNone(hub.loop)  # no clients: no more Redis reads
 
-    @defer.inlineCallbacks
-    def test_stalled_client_is_skipped_then_dropped(self):
-        hub = self.site.hub
-        hub.interval = 0.02
-        hub.drop_after = 1.0
+    def seed_wide_histograms(self, bins):
+        """Big messages (a wide nhit histogram): a stalled socket fills at once."""
         now = int(time.time())
-        # big messages (a wide nhit histogram) so that a stalled socket fills quickly
-        hist = [x for n in range(6000) for x in (n, 1000 + n)]
+        hist = [x for n in range(bins) for x in (n, 1000 + n)]
         for b in range(now // 5 - 3, now // 5 + 12):
             self.sync.command("HSET", "ts:5:%d:nhit:hist" % b, *hist)
+
+    @defer.inlineCallbacks
+    def test_client_holding_too_much_is_dropped_at_once(self):
+        """Never reads, and the messages are big: what it has not taken exceeds
+        max_unsent within a tick or two, long before drop_after."""
+        hub = self.site.hub
+        hub.interval = 0.2
+        self.assertEqual((hub.drop_after, hub.max_unsent), (5.0, 64 * 1024))  # the defaults
+        self.seed_wide_histograms(12000)
         healthy = yield self.connect()
         stalled = yield self.connect(StallingReader)
         self.clients = [healthy, stalled]
-        yield wait_for(lambda: self.site.stats.counters.get("stream_dropped"), timeout=30)
-        received = len(healthy.messages)
-        self.assertGreater(self.site.stats.counters.get("stream_skipped", 0), 0)
-        self.assertGreaterEqual(self.site.stats.counters.get("stream_dropped", 0), 1)
+        yield wait_for(lambda: len(healthy.messages) >= 1, timeout=10)
+        size = len(sse_message(healthy.messages[-1]))
+        self.assertGreater(size, hub.max_unsent)
+        started = time.monotonic()
+        yield wait_for(lambda: self.site.stats.counters.get("stream_dropped"), timeout=10)
+        self.assertLess(time.monotonic() - started, 2.0)  # not drop_after (5 s)
         self.assertEqual(len(hub.clients), 1)
-        # the healthy client kept receiving at full rate, while and after the other stalled
-        yield wait_for(lambda: len(healthy.messages) >= received + 20, timeout=10)
+        received = len(healthy.messages)
+        yield wait_for(lambda: len(healthy.messages) >= received + 5, timeout=10)
         self.assertFalse(healthy.closed)
         # the stalled client was disconnected: it sees that as soon as it reads again
         stalled.transport.resumeProducing()
         yield wait_for(lambda: stalled.closed, timeout=10)
+
+    @defer.inlineCallbacks
+    def test_client_that_never_reads_is_dropped_promptly(self):
+        """Small messages (~1 KB, 4 a second): once what it has not taken reaches our
+        side it is behind, and it is dropped drop_after (5 s) later, not 30 s; what it
+        holds meanwhile stays below max_unsent."""
+        hub = self.site.hub
+        hub.interval = 0.25
+        healthy = yield self.connect()
+        stalled = yield self.connect(StallingReader)
+        self.clients = [healthy, stalled]
+        yield wait_for(lambda: len(hub.clients) == 2, timeout=10)
+        client = next(c for c in hub.clients if c.request.channel.transport.getPeer().port
+                      == stalled.transport.getHost().port)
+        behind = []
+        yield wait_for(lambda: client.behind_since is not None and not behind.append(
+            time.monotonic()), timeout=30)
+        yield wait_for(lambda: client.gone, timeout=15)
+        waited = time.monotonic() - behind[0]
+        self.assertLess(client.dropped_for["unsent"], hub.max_unsent)  # for time, not bytes
+        self.assertGreater(waited, hub.drop_after - 0.5)
+        self.assertLess(waited, hub.drop_after + 2.0)
+        self.assertEqual(self.site.stats.counters.get("stream_dropped"), 1)
+        self.assertEqual(len(hub.clients), 1)
+        self.assertFalse(healthy.closed)
+        stalled.transport.resumeProducing()
+        yield wait_for(lambda: stalled.closed, timeout=10)
+
+    @defer.inlineCallbacks
+    def test_client_that_stops_reading_is_dropped_before_its_buffers_fill(self):
+        """An ordinary receive buffer (a window of ~64 KB or more) would take ~20 s of
+        ~1 KB messages, 4 a second, to fill before anything piled up on our side; the
+        window it advertises shrinks at once, so it is behind a couple of seconds after it
+        stops reading and dropped drop_after later, our queue for it still empty."""
+        hub = self.site.hub
+        hub.interval = 0.25
+        healthy = yield self.connect()
+        quiet = yield self.connect()
+        self.clients = [healthy, quiet]
+        yield wait_for(lambda: len(quiet.messages) >= 2 and len(hub.clients) == 2, timeout=10)
+        client = next(c for c in hub.clients if c.request.channel.transport.getPeer().port
+                      == quiet.transport.getHost().port)
+        self.assertGreater(client.window_max, 4 * hub.unread_slack)
+        quiet.transport.pauseProducing()  # stops reading
+        stopped = time.monotonic()
+        yield wait_for(lambda: client.gone, timeout=30)
+        self.assertLess(time.monotonic() - stopped, hub.drop_after + 6)
+        # dropped for what it left unread in its kernel, nothing waiting on our side
+        self.assertEqual(client.dropped_for["unsent"], 0)
+        self.assertGreater(client.dropped_for["unread"], hub.unread_slack)
+        self.assertGreaterEqual(client.dropped_for["behind"], hub.drop_after)
+        self.assertEqual(self.site.stats.counters.get("stream_dropped"), 1)
+        count = len(healthy.messages)
+        yield wait_for(lambda: len(healthy.messages) >= count + 4, timeout=10)
+        self.assertFalse(healthy.closed)
+        quiet.transport.resumeProducing()
+        yield wait_for(lambda: quiet.closed, timeout=10)
+
+    @defer.inlineCallbacks
+    def test_client_that_reads_too_slowly_is_dropped(self):
+        """Reads 10 KB/s of a ~40 KB/s stream: it is never stalled for long (the old hub
+        never dropped such a client) but always behind, and what it has not taken grows
+        past max_unsent within seconds."""
+        hub = self.site.hub
+        hub.interval = 0.1
+        self.seed_wide_histograms(300)  # ~4 KB a message, 10 a second
+        healthy = yield self.connect()
+        slow = yield self.connect(SlowReader)
+        self.clients = [healthy, slow]
+        started = time.monotonic()
+        yield wait_for(lambda: slow.closed, timeout=60)
+        self.assertGreater(getattr(slow, "received", 0), 0)  # it did read
+        # its 4 KB receive buffer fills at once, then 30 KB/s pile up on our side
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(self.site.stats.counters.get("stream_dropped"), 1)
+        received = len(healthy.messages)
+        yield wait_for(lambda: len(healthy.messages) >= received + 5, timeout=10)
+        self.assertFalse(healthy.closed)
+        self.assertEqual(len(hub.clients), 1)
 
     @defer.inlineCallbacks
     def test_stale_when_data_stop(self):

@@ -6,11 +6,12 @@ import tempfile
 import treq
 from twisted.internet import defer, reactor, task
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.server import Site as WebSite
 
+from minard.constants import MAX_POINTS, TRIGGERS
 from minard.programs import load_programs
 from minard.store.connection import connect
 from minard.web.site import Site
+from tests import web_seed
 from tests.support import RedisTestMixin
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,8 +35,7 @@ class SiteTestMixin(RedisTestMixin):
         else:
             self.clock = reactor
         self.site = Site(self.redis, load_programs(PROGRAMS), self.log_dir, clock=self.clock)
-        factory = WebSite(self.site.resource())
-        factory.displayTracebacks = False
+        factory = self.site.factory()
         factory.noisy = False
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
@@ -59,3 +59,27 @@ class SiteTestMixin(RedisTestMixin):
         self.assertEqual(headers.getRawHeaders("content-type")[0],
                          "application/json; charset=utf-8")
         return json.loads(body)
+
+
+#: The most expensive /metric allowed (constants.MAX_METRIC_VALUES): 10 mean expressions
+#: (two reads each, long floats in the answer) × MAX_POINTS points at step 1.
+WORST_EXPRESSIONS = tuple("%s-nhit" % name for name in TRIGGERS[:10])
+
+
+def seed_worst_metric(port, first, points=MAX_POINTS):
+    """Seed ts:1:<s>:trig and trig:nhit for the WORST_EXPRESSIONS over `points` seconds
+    from `first`, with counts that make every mean a 16-digit float; returns the path of
+    the /metric request (without `now`)."""
+    commands = []
+    fields = [str(TRIGGERS.index(e.split("-")[0])) for e in WORST_EXPRESSIONS]
+    for s in range(first, first + points):
+        counts, sums = [], []
+        for k, field in enumerate(fields):
+            count = 3 + (s + k) % 11
+            counts += [field, str(count)]
+            sums += [field, str(1000 + 37 * k + s % 97)]
+        commands.append(["HSET", "ts:1:%d:trig" % s] + counts)
+        commands.append(["HSET", "ts:1:%d:trig:nhit" % s] + sums)
+    web_seed.pipeline(port, commands)
+    return "metric?expr=%s&start=%d&stop=%d&step=1" % (",".join(WORST_EXPRESSIONS), first,
+                                                       first + points)

@@ -5,7 +5,6 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.web.server import Site as WebSite
 
 from minard.programs import ProgramsError, load_programs
 from minard.services.common import ProcessBase
@@ -57,8 +56,7 @@ def make_service(options, reactor):
         sys.stderr.write("minard: error: --programs: %s\n" % (e,))
         raise SystemExit(1)
     site = Site(base.redis, programs, options["log-dir"], clock=reactor, stats=base.stats)
-    factory = WebSite(site.resource())
-    factory.displayTracebacks = False
+    factory = site.factory()  # connection caps per peer address (site.WebFactory)
     endpoint = serverFromString(reactor, options["listen"])
     listener = StreamServerEndpointService(endpoint, factory)
     listener._raiseSynchronously = True
@@ -66,5 +64,6 @@ def make_service(options, reactor):
     StreamShutdown(site.hub).setServiceParent(base.service)
     StoreMigration(base.redis).setServiceParent(base.service)
     base.service.site = site  # for tests and introspection
+    base.service.factory = factory
     base.service.redis = base.redis
     return base.service

@@ -19,8 +19,8 @@ import numpy as np
 from twisted.internet import defer
 
 from minard.constants import (ALARMS_DEFAULT_BACK, ALARMS_PER_ANSWER, L2_MAX_FILES,
-                              N_CHANNELS, NHIT_HIST_INTERVAL, OWL_CHANNELS, STALE_LOOKBACK,
-                              TRIGGERS, TRIGGER_BIT)
+                              METRIC_CALLS_IN_FLIGHT, N_CHANNELS, NHIT_HIST_INTERVAL,
+                              OWL_CHANNELS, STALE_LOOKBACK, TRIGGERS, TRIGGER_BIT)
 from minard.errors import BadRequest
 from minard.store import channels, keys
 from minard.store.keys import hash_interval_for, interval_for
@@ -117,17 +117,16 @@ class Expression:
             self.reads = [("GET", text, None)]
             self.missing = 0.0 if text in ZERO_RATE_KEYS else None
 
-    def value(self, got, interval):
-        """got: the values of self.reads for one point."""
+    def values(self, columns, interval):
+        """The values of a run of points; columns: what each of self.reads read, one list
+        (per point) per read."""
         if self.kind == "raw":
-            return _str(got[0])
+            return [_str(v) for v in columns[0]]
         if self.kind == "rate":
-            x = _number(got[0])
-            return self.missing if x is None else x / interval
-        num, den = _number(got[0]), _number(got[1])
-        if num is None or not den:
-            return None
-        return num / den
+            missing = self.missing
+            return [missing if x is None else x / interval for x in map(_number, columns[0])]
+        return [None if num is None or not den else num / den
+                for num, den in zip(map(_number, columns[0]), map(_number, columns[1]))]
 
 
 def parse_expressions(text):
@@ -218,8 +217,14 @@ class Reads:
     # -- time series -----------------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def metric(self, expressions, start, stop, step):
-        """{expr text: [value per point]} for range(start, stop, step)."""
+    def metric(self, expressions, start, stop, step, in_flight=METRIC_CALLS_IN_FLIGHT):
+        """{expr text: [value per point]} for range(start, stop, step).
+
+        The points are read a slice at a time, each slice one script call of at most
+        READ_CHUNK reads, with at most `in_flight` calls waiting in Redis: a command of
+        another request sent meanwhile waits behind a couple of milliseconds of this one,
+        not behind all of it. Each slice's values are made as it arrives, so the reactor
+        is not held long either."""
         interval = interval_for(step)
         buckets = [i // interval for i in range(start, stop, step)]
         hash_fields, plain = {}, []
@@ -231,26 +236,45 @@ class Reads:
                         fields.append(field)
                 elif name not in plain:
                     plain.append(name)
-        groups, where = [], {}
+        # (op, key suffix, fields) per group; a point costs `weight` reads
+        shapes, where = [], {}
         for name, fields in hash_fields.items():
             for j, field in enumerate(fields):
-                where[("HMGET", name, field)] = (len(groups), j)
-            groups.append(("HMGET", [keys.ts(interval, b, name) for b in buckets], fields))
+                where[("HMGET", name, field)] = (len(shapes), j)
+            shapes.append(("HMGET", name, fields))
         for name in plain:
-            where[("GET", name, None)] = (len(groups), None)
-            groups.append(("GET", [keys.ts(interval, b, name) for b in buckets], ()))
-        results = yield self.batch(groups)
-        series = {}
-        for e in expressions:
-            sources = [where[r] for r in e.reads]
-            values = []
-            for p in range(len(buckets)):
-                got = []
-                for g, j in sources:
-                    v = results[g][p]
-                    got.append(v[j] if j is not None and v is not None else v)
-                values.append(e.value(got, interval))
-            series[e.text] = values
+            where[("GET", name, None)] = (len(shapes), None)
+            shapes.append(("GET", name, ()))
+        weight = sum(max(1, len(fields)) for _, _, fields in shapes)
+        per_call = max(1, READ_CHUNK // weight)
+        series = {e.text: [] for e in expressions}
+
+        def read(first):
+            part = buckets[first:first + per_call]
+            return self.batch([(op, [keys.ts(interval, b, name) for b in part], fields)
+                               for op, name, fields in shapes])
+
+        def compute(results):
+            columns = {}
+            for source, (g, j) in where.items():
+                replies = results[g]
+                columns[source] = replies if j is None else \
+                    [None if v is None else v[j] for v in replies]
+            for e in expressions:
+                series[e.text].extend(e.values([columns[r] for r in e.reads], interval))
+
+        pending = []
+        try:
+            for first in range(0, len(buckets), per_call):
+                pending.append(read(first))
+                if len(pending) >= in_flight:
+                    compute((yield pending.pop(0)))
+            while pending:
+                compute((yield pending.pop(0)))
+        except BaseException:
+            for d in pending:  # failed or cancelled: the calls still out end unobserved
+                d.addErrback(lambda _: None)
+            raise
         return series
 
     def hash_series(self, name, start, stop, step, crate, card=None, channel=None,

@@ -8,17 +8,28 @@ works behind nginx under `/monitoring/`.
 
 Errors a client can cause are JSON `{"error": reason}` with 400 (bad input) or 404
 (unknown name); Redis being away is a 503; nothing a client sends gives a 500.
+
+Hostile or greedy clients (SPEC §7) are bounded where they cost: `WebFactory` caps the
+open connections of each peer address; the site caps the /stream clients and the
+expensive requests (`ExpensiveRequests`) of each client address — behind nginx, the
+X-Real-IP it sets, trusted from loopback peers only — and runs at most a few expensive
+requests at once, so that cheap ones never wait behind them. Loopback clients (nginx
+itself, local tools, ssh tunnels) are not capped per address and keep a share of every
+total for themselves (`AddressLimit`). A /metric request's cost (expressions × points) is
+bounded too (400, saying the limit).
 """
 import functools
+import ipaddress
 import json
 import os
 
 import jinja2
 import txredisapi
 from klein import Klein
-from twisted.internet import defer
+from twisted.internet import defer, protocol, task
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
+from twisted.web import http, server
 from twisted.web.resource import NoResource
 from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
@@ -27,8 +38,10 @@ from minard import constants as C
 from minard.store import keys
 from minard.store.reads import HASH_NAMES, METHODS, Reads, parse_expressions
 from minard.web import metrics as prometheus
-from minard.web.stream import StreamHub, TooManyClients, staleness
-from minard.web.timeparse import BadRequest, NotFound, parse_int, parse_window
+from minard.web.logsite import address_key, client_address
+from minard.web.stream import StreamHub, HubStopped, staleness
+from minard.web.timeparse import (BadRequest, NotFound, check_metric_cost, parse_int,
+                                  parse_window)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEMPLATES = os.path.join(HERE, "templates")
@@ -52,6 +65,196 @@ NEARLINE_CODES = {"0": ("Success", "ok"), "1": ("Failed", "bad"), "99": ("In pro
 
 REDIS_ERRORS = (txredisapi.ConnectionError, txredisapi.TimeoutError, ConnectionDone,
                 ConnectionLost, TimeoutError)
+
+
+#: Seconds a refused client is asked to wait (Retry-After).
+RETRY_AFTER = 5
+
+
+class Refused(Exception):
+    """Not now: 429 (this address holds its share) or 503 (everyone's share is taken)."""
+
+    def __init__(self, code, reason):
+        Exception.__init__(self, reason)
+        self.code = code
+
+
+def is_loopback(host):
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; False for anything else."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
+class AddressLimit:
+    """How many of something (connections, streams, expensive requests) each client
+    address holds, against a total and a per-address cap.
+
+    A non-loopback address may hold `per_address` at most (an IPv6 one counts with its
+    /64: one machine has many addresses in it), and all of them together
+    `total - loopback_reserve`: one client (or many) cannot take the last slots from the
+    loopback clients (nginx in front, local tools, ssh tunnels), which are not capped per
+    address but only by `total`."""
+
+    def __init__(self, total, per_address, loopback_reserve, what, loopback=is_loopback):
+        self.total = total
+        self.per_address = per_address
+        self.loopback_reserve = loopback_reserve
+        self.what = what
+        self.loopback = loopback
+        self.counts = {}
+        self.held = 0
+
+    def key(self, address):
+        """What `address` counts as (itself, or its IPv6 /64)."""
+        return address if self.loopback(address) else address_key(address) or address
+
+    def acquire(self, address):
+        """Count one more for `address`, or raise Refused."""
+        if self.loopback(address):
+            if self.held >= self.total:
+                raise Refused(503, "too many %s (at most %d); try again later"
+                              % (self.what, self.total))
+        else:
+            address = self.key(address)
+            if self.counts.get(address, 0) >= self.per_address:
+                raise Refused(429, "too many %s from your address (at most %d)"
+                              % (self.what, self.per_address))
+            if self.held >= self.total - self.loopback_reserve:
+                raise Refused(503, "too many %s (at most %d); try again later"
+                              % (self.what, self.total - self.loopback_reserve))
+        self.counts[address] = self.counts.get(address, 0) + 1
+        self.held += 1
+
+    def release(self, address):
+        address = self.key(address)
+        n = self.counts.get(address, 0)
+        if n <= 0:
+            return
+        if n == 1:
+            del self.counts[address]
+        else:
+            self.counts[address] = n - 1
+        self.held -= 1
+
+
+class ExpensiveRequests:
+    """Requests whose cost grows with their parameters: admitted per client address
+    (`admitted`, waiting and running together) and run `running` at a time, in order.
+
+    Cheap requests never come here, so they are never queued behind these; and Redis's
+    queue holds the calls of at most `running` of them (each sends a few at a time), so a
+    cheap request's command waits behind milliseconds of theirs. A client that goes away
+    gives its place back (Klein cancels its Deferred)."""
+
+    def __init__(self, running=C.EXPENSIVE_RUNNING, admitted=None, stats=None):
+        self.semaphore = defer.DeferredSemaphore(running)
+        self.admitted = admitted or AddressLimit(
+            C.EXPENSIVE_WAITING, C.EXPENSIVE_PER_ADDRESS, C.EXPENSIVE_LOOPBACK_RESERVE,
+            "requests at once")
+        self.stats = stats
+        self.running = 0
+
+    def _gauges(self):
+        if self.stats is not None:
+            self.stats.set("expensive_running", self.running)
+            self.stats.set("expensive_waiting", self.admitted.held - self.running)
+
+    @defer.inlineCallbacks
+    def run(self, address, f, *args):
+        """f(*args)'s result, once it is this request's turn."""
+        self.admitted.acquire(address)
+        self._gauges()
+        try:
+            yield self.semaphore.acquire()
+            self.running += 1
+            self._gauges()
+            try:
+                result = yield defer.maybeDeferred(f, *args)
+            finally:
+                self.running -= 1
+                self.semaphore.release()
+        finally:
+            self.admitted.release(address)
+            self._gauges()
+        return result
+
+
+class GuardedChannel(http.HTTPChannel):
+    """An HTTP connection that gives its place back (WebFactory.connections) when it ends."""
+
+    peer_host = None
+
+    def connectionLost(self, reason):
+        try:
+            http.HTTPChannel.connectionLost(self, reason)
+        finally:
+            if self.peer_host is not None:
+                self.factory.connections.release(self.peer_host)
+                self.peer_host = None
+
+
+class RefusedConnection(protocol.Protocol):
+    """A connection over WebFactory's caps: aborted as soon as it is made (under TLS
+    too, before any handshake), before it costs more than the accept."""
+
+    def connectionMade(self):
+        self.transport.abortConnection()
+
+
+class WebFactory(server.Site):
+    """twisted.web's Site with a cap on the open connections of each peer address (and
+    of all non-loopback peers together); a connection beyond it is aborted at once.
+
+    Behind nginx every peer is loopback: there the per-client caps are the site's (by
+    X-Real-IP), and nginx's own."""
+
+    protocol = GuardedChannel
+
+    def __init__(self, resource, stats=None, connections=None, **kwargs):
+        server.Site.__init__(self, resource, **kwargs)
+        self.displayTracebacks = False
+        self.stats = stats
+        self.connections = connections or AddressLimit(
+            C.WEB_MAX_CONNECTIONS, C.WEB_CONNECTIONS_PER_ADDRESS, C.WEB_LOOPBACK_RESERVE,
+            "connections")
+
+    def buildProtocol(self, addr):
+        host = getattr(addr, "host", None)
+        if host is not None:  # (a UNIX socket's peers are local: not counted)
+            try:
+                self.connections.acquire(host)
+            except Refused:
+                if self.stats is not None:
+                    self.stats.incr("connections_refused")
+                return RefusedConnection()
+        channel = server.Site.buildProtocol(self, addr)
+        channel.peer_host = host
+        return channel
+
+
+def _dumps(value):
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def encode_metric(series, single):
+    """Deferred: the /metric answer as JSON bytes, encoded a series at a time with the
+    reactor free in between (100,000 numbers take ~0.2 s to encode in one go)."""
+    parts = []
+
+    def work():
+        for name, values in series.items():
+            parts.append(_dumps(values) if single else _dumps(name) + ":" + _dumps(values))
+            yield None
+
+    job = task.cooperate(work())
+    d = defer.Deferred(lambda _: job.stop())
+    job.whenDone().chainDeferred(d)
+    d.addCallback(lambda _: ('{"values":%s}' % (
+        parts[0] if single else "{" + ",".join(parts) + "}")).encode("utf-8"))
+    return d
 
 
 class StaticFiles(File):
@@ -84,8 +287,17 @@ def root_of(request):
     return "../" * max(0, path.count("/") - 1)
 
 
+def refuse(request, refused):
+    """Answer a Refused: its code, Retry-After, and {"error"}."""
+    request.setResponseCode(refused.code)
+    request.setHeader(b"Retry-After", b"%d" % RETRY_AFTER)
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    return _dumps({"error": str(refused)}).encode("utf-8")
+
+
 def json_route(f):
-    """A JSON answer: the result as JSON, errors as {"error"} with 400/404/503."""
+    """A JSON answer: the result as JSON (or bytes already encoded), errors as {"error"}
+    with 400/404/429/503."""
     @functools.wraps(f)
     @defer.inlineCallbacks
     def wrapper(self, request, *args, **kwargs):
@@ -102,6 +314,9 @@ def json_route(f):
         except NotFound as e:
             request.setResponseCode(404)
             result = {"error": str(e)}
+        except Refused as e:
+            self.stats.incr("requests_refused")
+            return refuse(request, e)
         except REDIS_ERRORS as e:
             self.stats.incr("redis_errors")
             request.setResponseCode(503)
@@ -116,7 +331,9 @@ def json_route(f):
             self.log.failure("error answering {path}", path=request.path)
             request.setResponseCode(500)
             result = {"error": "internal error"}
-        return json.dumps(result, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        if isinstance(result, bytes):
+            return result
+        return _dumps(result).encode("utf-8")
     return wrapper
 
 
@@ -168,6 +385,9 @@ class Site:
         self.clock = clock
         self.stats = stats
         self.hub = StreamHub(self.reads, clock, stats=stats)
+        self.streams = AddressLimit(C.STREAM_MAX_CLIENTS, C.STREAM_PER_ADDRESS,
+                                    C.STREAM_LOOPBACK_RESERVE, "stream clients")
+        self.expensive = ExpensiveRequests(stats=stats)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
             undefined=jinja2.StrictUndefined)
@@ -178,6 +398,14 @@ class Site:
 
     def resource(self):
         return self.app.resource()
+
+    def factory(self, **kwargs):
+        """The HTTP server factory to listen with (WebFactory around resource())."""
+        return WebFactory(self.resource(), stats=self.stats, **kwargs)
+
+    def costly(self, request, f, *args):
+        """f(*args) as an expensive request of this client (ExpensiveRequests)."""
+        return self.expensive.run(client_address(request), f, *args)
 
     def now(self):
         return self.clock.seconds()
@@ -308,15 +536,20 @@ class Site:
 
     @app.route("/metric", methods=["GET", "HEAD"])
     @json_route
-    @defer.inlineCallbacks
     def metric(self, request):
         text = arg(request, "expr")
         expressions = parse_expressions(text)
         start, stop, step = self._window(request)
+        check_metric_cost(len(expressions), len(range(start, stop, step)))
+        single = len(expressions) == 1 and "," not in text
+        return self.costly(request, self._metric_answer, expressions, start, stop, step,
+                           single)
+
+    @defer.inlineCallbacks
+    def _metric_answer(self, expressions, start, stop, step, single):
         series = yield self.reads.metric(expressions, start, stop, step)
-        if len(expressions) == 1 and "," not in text:
-            return {"values": series[expressions[0].text]}
-        return {"values": series}
+        body = yield encode_metric(series, single)
+        return body
 
     def _hash_name(self, request):
         name = arg(request, "name")
@@ -345,8 +578,8 @@ class Site:
         if channel is not None and card is None:
             raise BadRequest("channel needs a card")
         method = self._method(request)
-        values = yield self.reads.hash_series(name, start, stop, step, crate, card, channel,
-                                              method)
+        values = yield self.costly(request, self.reads.hash_series, name, start, stop, step,
+                                   crate, card, channel, method)
         return {"values": values}
 
     @app.route("/owl_tubes", methods=["GET", "HEAD"])
@@ -355,7 +588,8 @@ class Site:
     def owl_tubes(self, request):
         name = self._hash_name(request)
         start, stop, step = self._window(request)
-        values = yield self.reads.owl_series(name, start, stop, step, self._method(request))
+        values = yield self.costly(request, self.reads.owl_series, name, start, stop, step,
+                                   self._method(request))
         return {"values": values}
 
     @app.route("/query", methods=["GET", "HEAD"])
@@ -369,22 +603,35 @@ class Site:
             return {"name": value}
         if name == "nhit":
             seconds = parse_int(arg(request, "seconds"), "seconds", 1, C.NHIT_SAMPLES_TTL)
-            values = yield self.reads.nhit_samples(seconds, now)
+            values = yield self.costly(request, self._nhit_samples, seconds, now)
             return {"value": values}
         if name == "nhit_hist":
             seconds = parse_int(arg(request, "seconds"), "seconds", 1, C.NHIT_HIST_MAX_SECONDS,
                                 default=10)
-            hist = yield self.reads.nhit_hist(seconds, now)
+            hist = yield self.costly(request, self.reads.nhit_hist, seconds, now)
             return hist
         if name in HASH_NAMES:
             step = parse_int(arg(request, "step"), "step", 1, 10 ** 9, default=60)
-            interval, bucket, values = yield self.reads.latest_channels(name, step, now)
+            interval, bucket, values = yield self.costly(request, self.reads.latest_channels,
+                                                         name, step, now)
             return {"values": values, "interval": interval, "bucket": bucket,
                     "start": None if bucket is None else bucket * interval}
         if not name:
             raise BadRequest("missing name")
         raise NotFound("unknown query %r (dispatcher, nhit, nhit_hist, occupancy, cmos, base)"
                        % (name,))
+
+    @defer.inlineCallbacks
+    def _nhit_samples(self, seconds, now):
+        """reads.nhit_samples, NHIT_SAMPLES_PER_CALL seconds at a time, newest first as
+        one read gives them: 3600 s × 100 samples in one read held Redis ~0.1 s and the
+        reactor ~0.4 s."""
+        out = []
+        for back in range(0, seconds, C.NHIT_SAMPLES_PER_CALL):
+            part = yield self.reads.nhit_samples(min(C.NHIT_SAMPLES_PER_CALL, seconds - back),
+                                                 now - back)
+            out.extend(part)
+        return out
 
     @app.route("/get_status", methods=["GET", "HEAD"])
     @json_route
@@ -421,15 +668,21 @@ class Site:
     @app.route("/stream", methods=["GET"])
     def stream(self, request):
         secure(request)
+        address = client_address(request)
+        try:
+            self.streams.acquire(address)
+        except Refused as e:
+            self.stats.incr("streams_refused")
+            return refuse(request, e)
         try:
             request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
             request.setHeader(b"Cache-Control", b"no-store")
             request.setHeader(b"X-Accel-Buffering", b"no")  # nginx: do not buffer
             client = self.hub.add(request)
-        except TooManyClients:
-            request.setResponseCode(503)
-            request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-            return json.dumps({"error": "too many stream clients"}).encode()
+        except HubStopped:
+            self.streams.release(address)
+            return refuse(request, Refused(503, "the server is shutting down"))
+        client.finished.addBoth(lambda _: self.streams.release(address))
         return client.finished.addCallback(lambda _: b"")
 
     @app.route("/metrics", methods=["GET", "HEAD"])

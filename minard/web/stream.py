@@ -4,15 +4,28 @@ One snapshot is read from Redis per second (one round trip) while at least one c
 connected, serialised once, and written to every client. A page on a control-room screen
 therefore costs one idle connection, not a poll per chart per second.
 
-Each client is registered with its HTTP channel as a streaming (push) producer. When a
-client does not read, its transport's buffer fills and Twisted pauses the producer; a
-paused client is skipped (it misses messages, which is fine: each message is the whole
-current state), so nothing piles up in memory for it. A client that stays paused longer
-than `drop_after` is disconnected. The kernel send buffer of each stream socket is kept
-small so that the bytes a stalled client can hold stay bounded too.
+A client must keep up. Before each message the hub looks at what the client has not
+taken yet of what was sent to it: the bytes still in Twisted's buffers and in the kernel's
+send queue (SIOCOUTQ: unsent and unacknowledged), and the bytes its own kernel holds that
+it has not read (how far the receive window it advertises, TCP_INFO's tcpi_snd_wnd, is
+below the largest it advertised). A client that reads everything within a second has
+nothing left by the next tick. One that has (more than `unread_slack` or two messages
+unread, or anything on our side) is behind; it is dropped when what our side holds for
+it exceeds `max_unsent`, or when it has been behind for `drop_after` seconds — whether it
+never reads or reads too slowly (a client that pauses and resumes now and then is still
+behind at every tick). Behind nginx the same holds: when the browser stalls, nginx's small
+proxy buffer fills, nginx stops reading, and its window closes. The kernel send buffer
+of each stream socket is kept small as well, so the memory a client can hold stays
+bounded (about `max_unsent` plus one message).
+
+Who may open a stream (per-address caps, the slots kept for loopback) is the site's
+business (site.py); the hub only serves the clients it is given.
 """
+import fcntl
 import json
 import socket
+import sys
+import termios
 import time
 
 from twisted.internet import defer, task
@@ -21,7 +34,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from minard.constants import (STALE_AFTER, STALE_LOOKBACK, STREAM_DROP_AFTER,
-                              STREAM_INTERVAL, STREAM_MAX_CLIENTS, STREAM_SNDBUF)
+                              STREAM_INTERVAL, STREAM_MAX_UNSENT, STREAM_SNDBUF,
+                              STREAM_UNREAD_SLACK)
 
 #: Ticks happen this far into each second, so the second just ended is flushed by then
 #: (pull workers flush 0.3-0.5 s after a second ends, plus their Redis round trip; a late
@@ -30,10 +44,12 @@ TICK_PHASE = 0.85
 #: New alarms carried by one message at most (the Alarms page fetches the rest itself).
 ALARMS_PER_MESSAGE = 100
 RETRY_MS = 2000
+#: Dropped clients are counted (stream_dropped) and logged at most once per this many s.
+DROP_LOG_INTERVAL = 60.0
 
 
-class TooManyClients(Exception):
-    pass
+class HubStopped(Exception):
+    """No new stream: the hub is shutting down."""
 
 
 def _age_text(age):
@@ -75,6 +91,58 @@ def sse_message(payload, event_id=None):
     return head + b"data: " + data.encode("utf-8") + b"\n\n"
 
 
+def _transports(request):
+    """The transports under a request's HTTP channel, outermost first (TLS, then TCP)."""
+    out = []
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    while transport is not None and len(out) < 4:
+        out.append(transport)
+        transport = getattr(transport, "transport", None)
+    return out
+
+
+def _socket_of(transports):
+    for transport in transports:
+        handle = getattr(transport, "getHandle", None)
+        if handle is not None:
+            sock = handle()
+            if isinstance(sock, socket.socket):
+                return sock
+    return None
+
+
+#: ioctl: bytes in a socket's send queue (Linux SIOCOUTQ, the same number as TIOCOUTQ).
+SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)
+
+
+def _kernel_unsent(sock):
+    """Bytes in a TCP socket's send queue not yet acknowledged by the peer (0 where the
+    kernel cannot tell: then only Twisted's buffers count)."""
+    if SIOCOUTQ is None:
+        return 0
+    try:
+        got = fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    return int.from_bytes(got, "little", signed=True)
+
+
+#: struct tcp_info (linux/tcp.h): tcpi_snd_wnd, the receive window the peer advertised
+#: last (the free space of its receive buffer), is the u32 at this offset (Linux >= 5.4;
+#: an older kernel gives a shorter struct, and then only our own queue counts).
+TCPI_SND_WND = 228
+
+
+def _peer_window(sock):
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCPI_SND_WND + 4)
+    except (OSError, AttributeError, ValueError):
+        return None
+    if len(info) < TCPI_SND_WND + 4:
+        return None
+    return int.from_bytes(info[TCPI_SND_WND:TCPI_SND_WND + 4], sys.byteorder)
+
+
 @implementer(IPushProducer)
 class StreamClient:
     """One connected /stream request."""
@@ -82,9 +150,13 @@ class StreamClient:
     def __init__(self, hub, request):
         self.hub = hub
         self.request = request
+        self.transports = _transports(request)
+        self.socket = _socket_of(self.transports)
         self.paused_since = None
+        self.behind_since = None
+        self.window_max = 0
+        self.dropped_for = None  # why it was dropped: {"unsent", "unread", "behind"}
         self.sent = 0
-        self.skipped = 0
         self.finished = defer.Deferred()
         self.gone = False
 
@@ -99,16 +171,50 @@ class StreamClient:
     def stopProducing(self):
         self.hub.remove(self)
 
+    def unsent(self):
+        """Bytes sent to this client that it has not taken yet: in Twisted's write buffers
+        (TLS and TCP) and in the kernel's send queue."""
+        total = 0
+        for transport in self.transports:
+            buffered = getattr(transport, "dataBuffer", None)
+            if isinstance(buffered, bytes):  # a FileDescriptor (twisted.internet.abstract)
+                total += len(buffered) - getattr(transport, "offset", 0) + \
+                    getattr(transport, "_tempDataLen", 0)
+        if self.socket is not None and self.socket.fileno() >= 0:
+            total += _kernel_unsent(self.socket)
+        return total
+
+    def unread(self):
+        """Bytes the client's kernel holds that the client has not read (about: the
+        window is counted in the kernel's units, memory rather than data)."""
+        if self.socket is None or self.socket.fileno() < 0:
+            return 0
+        window = _peer_window(self.socket)
+        if window is None:
+            return 0
+        self.window_max = max(self.window_max, window)
+        return self.window_max - window
+
     def send(self, data):
+        """Write one message, or drop the client if it cannot keep up (module docstring)."""
         if self.gone:
             return
-        if self.paused_since is not None:
-            self.skipped += 1
-            self.hub.count("stream_skipped")
-            if self.hub.clock.seconds() - self.paused_since > self.hub.drop_after:
-                self.hub.count("stream_dropped")
+        now = self.hub.clock.seconds()
+        unsent = self.unsent()
+        unread = self.unread()
+        if unsent > 0 or self.paused_since is not None or \
+                unread > max(self.hub.unread_slack, 2 * len(data)):
+            if self.behind_since is None:
+                self.behind_since = now
+            self.hub.count("stream_behind")
+            if unsent > self.hub.max_unsent or now - self.behind_since >= self.hub.drop_after:
+                self.dropped_for = {"unsent": unsent, "unread": unread,
+                                    "behind": now - self.behind_since}
+                self.hub.dropped(self.dropped_for)
                 self.drop()
-            return
+                return
+        else:
+            self.behind_since = None
         try:
             self.request.write(data)
             self.sent += 1
@@ -125,22 +231,14 @@ class StreamClient:
             abort()
 
 
-def _limit_send_buffer(request, size):
+def _limit_send_buffer(sock, size):
     """Keep the kernel send buffer of this socket small (bounded memory per client)."""
-    transport = getattr(request.channel, "transport", None)
-    for _ in range(4):
-        if transport is None:
-            return
-        handle = getattr(transport, "getHandle", None)
-        if handle is not None:
-            sock = handle()
-            if isinstance(sock, socket.socket):
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-                except OSError:
-                    pass
-                return
-        transport = getattr(transport, "transport", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except OSError:
+        pass
 
 
 class StreamHub:
@@ -149,14 +247,16 @@ class StreamHub:
     log = Logger()
 
     def __init__(self, reads, clock, stats=None, interval=STREAM_INTERVAL,
-                 max_clients=STREAM_MAX_CLIENTS, drop_after=STREAM_DROP_AFTER,
-                 stale_after=STALE_AFTER, sndbuf=STREAM_SNDBUF):
+                 drop_after=STREAM_DROP_AFTER, max_unsent=STREAM_MAX_UNSENT,
+                 unread_slack=STREAM_UNREAD_SLACK, stale_after=STALE_AFTER,
+                 sndbuf=STREAM_SNDBUF):
         self.reads = reads
         self.clock = clock
         self.stats = stats
         self.interval = interval
-        self.max_clients = max_clients
         self.drop_after = drop_after
+        self.max_unsent = max_unsent
+        self.unread_slack = unread_slack
         self.stale_after = stale_after
         self.sndbuf = sndbuf
         self.clients = set()
@@ -168,10 +268,21 @@ class StreamHub:
         self.last_heartbeat = None
         self.alarm_next = None
         self.stopped = False
+        self._drop_logged_at = None
 
     def count(self, name, amount=1):
         if self.stats is not None:
             self.stats.incr(name, amount)
+
+    def dropped(self, why):
+        """Count a client dropped for not keeping up; log it once per DROP_LOG_INTERVAL."""
+        self.count("stream_dropped")
+        now = self.clock.seconds()
+        if self._drop_logged_at is None or now - self._drop_logged_at >= DROP_LOG_INTERVAL:
+            self._drop_logged_at = now
+            self.log.info("dropped a /stream client that cannot keep up ({unsent} bytes not "
+                          "taken, about {unread} unread in its kernel, behind for {behind:.1f} "
+                          "s); more are counted in stream_dropped, logged once a minute", **why)
 
     def _gauge(self):
         if self.stats is not None:
@@ -180,20 +291,21 @@ class StreamHub:
     # -- clients ---------------------------------------------------------------------------
 
     def add(self, request):
-        if self.stopped or len(self.clients) >= self.max_clients:
-            raise TooManyClients()
+        if self.stopped:
+            raise HubStopped()
         client = StreamClient(self, request)
         self.clients.add(client)
         self._gauge()
         self.count("stream_connections")
         if self.sndbuf:
-            _limit_send_buffer(request, self.sndbuf)
+            _limit_send_buffer(client.socket, self.sndbuf)
         request.registerProducer(client, True)
         request.notifyFinish().addBoth(lambda _: self.remove(client))
-        request.write(b"retry: %d\n\n" % RETRY_MS)
+        hello = b"retry: %d\n\n" % RETRY_MS
         if self.last_message is not None and \
                 self.clock.seconds() - self.last_message[0] < 2 * self.interval:
-            client.send(self.last_message[1])
+            hello += self.last_message[1]  # the current state at once, not in a second
+        request.write(hello)
         self._start()
         return client
 

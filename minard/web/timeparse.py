@@ -12,7 +12,7 @@ import math
 import re
 from datetime import datetime, timezone
 
-from minard.constants import MAX_POINTS
+from minard.constants import MAX_METRIC_VALUES, MAX_POINTS
 from minard.errors import BadRequest, NotFound  # noqa: F401 (the site's errors)
 from minard.store.keys import hash_interval_for, interval_for  # noqa: F401
 
@@ -102,3 +102,15 @@ def parse_window(start, stop, step, now, server_now, max_points=MAX_POINTS):
         raise BadRequest("too many points: %d (at most %d; use a larger step)"
                          % (points, max_points))
     return t0, t1, step
+
+
+def check_metric_cost(expressions, points, max_values=MAX_METRIC_VALUES):
+    """A /metric request costs expressions × points values (each one or two Redis reads
+    and a number in the answer): at most `max_values`, whatever the two are alone."""
+    values = expressions * points
+    if values > max_values:
+        raise BadRequest(
+            "too much at once: %d expression%s × %d point%s = %d values (at most %d); "
+            "use fewer expressions or a larger step"
+            % (expressions, "" if expressions == 1 else "s", points, "" if points == 1 else "s",
+               values, max_values))
