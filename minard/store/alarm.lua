@@ -1,3 +1,4 @@
+#!lua
 -- Log server (store/logserver.py): raise one alarm (SPEC §4, §5.2).
 -- KEYS: alarms:count[, post id]; ARGV: level, message, time, ttl, key prefix[, post id ttl].
 -- id = INCR count - 1. With a post id, a repeat raises nothing and returns the id of the

@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 -- Per-channel store, read-only: the first finalised bucket of KEYS (newest first).
 -- Reply: {position in KEYS, blob}, or {0}.
 for i = 1, #KEYS do

@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 -- Per-channel store, read-only: the same byte range of many finalised buckets.
 -- KEYS: finalised keys (one per point); ARGV[1]: offset, ARGV[2]: length (bytes)
 -- Reply: one string per key ('' where the bucket was not finalised).

@@ -1,3 +1,4 @@
+#!lua
 -- CMOS previous-count state (store/datastream.py): one batch of CMOS records.
 -- KEYS: the state hash of each record's crate
 -- ARGV: state ttl, then per record: receipt seconds, nanoseconds, slots blob

@@ -1,3 +1,4 @@
+#!lua
 -- One chunk of one second of aggregated events from one pull worker (store/events.py,
 -- SPEC §4). ARGV[1]: the JSON flush payload (aggregate/events.py); ARGV[2]: the chunk,
 -- JSON {"k": chunk number, "i": [intervals], "h": [hash intervals of nhit:hist],

@@ -1,3 +1,4 @@
+#!lua
 -- Per-channel store: claim the buckets that every live writer has flushed past.
 -- KEYS[1]: writers hash (writer -> 'progress redis-time'), KEYS[2]: open zset
 -- ARGV: claimant, writer timeout (s), writer lag (s), most buckets, claim (ms),

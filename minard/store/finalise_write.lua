@@ -1,3 +1,4 @@
+#!lua
 -- Per-channel store: store one finalised bucket and close it.
 -- KEYS: final key, open zset, parts hash, claim key
 -- ARGV: blob ('' = nothing to store), ttl (s), member, parts version read, claimant

@@ -1,3 +1,4 @@
+#!lua
 -- Log server (store/logserver.py): a DAQ program's heartbeat (SPEC §4, §5.2).
 -- KEYS: heartbeat, uptime[, post id]; ARGV: status, expire, now[, post id ttl].
 -- uptime keeps the time the heartbeat (re)appeared: set only when missing, TTL refreshed.

@@ -1,3 +1,4 @@
+#!lua
 -- Per-channel store: a worker's running partials and its progress (store/channels.py).
 -- KEYS: per name: writers hash, open zset; then one parts hash per part of that name
 -- ARGV[1]: writer id; ARGV[2]: number of names; then per name:

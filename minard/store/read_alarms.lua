@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 -- Read-only. KEYS[1]: alarms:count. ARGV: prefix of alarms:<id>, start ('' = the last
 -- ARGV[3]), how many back by default, at most this many.
 -- Reply: JSON [count, last id covered, [alarm JSON strings that still exist]].

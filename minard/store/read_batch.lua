@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 -- Read-only. ARGV[1]: JSON list of groups [op, nkeys, [args]]; KEYS: every group's keys
 -- in order. Reply: one JSON string, a list (per group) of lists (per key) of replies.
 local spec = cjson.decode(ARGV[1])

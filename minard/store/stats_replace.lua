@@ -1,3 +1,4 @@
+#!lua
 -- minard.stats: replace a process's counters hash (not update: a restarted process
 -- must not show its previous life's counters). KEYS: minard:stats:<process>; ARGV: ttl,
 -- then field, value pairs.
