@@ -361,6 +361,8 @@ def makeService(options, reactor=None):
     """Build the MultiService of the role named in options."""
     if reactor is None:
         from twisted.internet import reactor
+        from minard.clock import monotonic_timers
+        monotonic_timers(reactor)  # timers immune to wall-clock steps (minard/clock.py)
     module = importlib.import_module("minard.services." + ROLE_MODULES[options["role"]])
     try:
         return module.make_service(options, reactor)

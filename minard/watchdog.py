@@ -54,11 +54,12 @@ class Watchdog(TimerService):
     log = Logger()
 
     def __init__(self, redis, after=C.WATCHDOG_AFTER, interval=C.WATCHDOG_INTERVAL,
-                 clock=None, stats=None):
+                 clock=None, stats=None, wall=None):
         TimerService.__init__(self, interval, self.tick)
         if clock is None:
             from twisted.internet import reactor as clock
-        self.clock = clock
+        self.clock = clock  # durations (monotonic in the roles: minard/clock.py)
+        self.wall = wall or clock.seconds  # which seconds' buckets to look at, alarm times
         self.redis = redis
         self.after = after
         self.stats = stats
@@ -112,7 +113,7 @@ class Watchdog(TimerService):
     @defer.inlineCallbacks
     def _check(self):
         now = self.clock.seconds()
-        second = int(now)
+        second = int(self.wall())
         seconds = range(second - LOOKBACK, second + 1)
         totals = yield defer.gatherResults(
             [self.redis.hget(keys.trig(1, b), "TOTAL") for b in seconds], consumeErrors=True)
@@ -155,7 +156,7 @@ class Watchdog(TimerService):
     @defer.inlineCallbacks
     def _alarm(self, level, text, now):
         alarm_id = yield store.raise_alarm(self.redis, level, "%s - %s" % (ALARM_NAME, text),
-                                           now)
+                                           self.wall())
         if self.stats is not None:
             self.stats.incr("watchdog_alarms")
         self.log.info("watchdog alarm {id} (level {alarm_level}): {text}", id=alarm_id,

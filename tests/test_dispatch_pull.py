@@ -387,3 +387,76 @@ class FinaliseTests(RedisTestMixin, unittest.TestCase):
                          {ch: 20}, 20)
         # finalised once (the 60-s bucket is still open)
         self.assertEqual(sum(w.stats.counters.get("finalised_occupancy", 0) for w in (a, b)), 1)
+
+
+class WallClockStepTests(RedisTestMixin, unittest.TestCase):
+    """Issue 12 item 6: the wall clock stepped back. Ticks run on the scheduling clock
+    (monotonic in the role) and go on; a second already written is never written twice."""
+
+    def setUp(self):
+        RedisTestMixin.setUp(self)
+        self.redis = connect(self.redis_server.url)
+        self.addCleanup(self.redis.disconnect)
+
+    @defer.inlineCallbacks
+    def test_step_back_never_writes_a_second_twice(self):
+        clock = task.Clock()
+        wall = [float(T0)]
+        w = PullWorker("w", "unused", EventStore(self.redis), Stats("w"), clock,
+                       redis=self.redis)
+        w.wall = lambda: wall[0]
+        rng = random.Random(3)
+        events = random_events(rng, 60)
+
+        @defer.inlineCallbacks
+        def run(seconds, per_second=10):
+            for _ in range(seconds):
+                s = int(wall[0])
+                w.on_message(message(s, events[:per_second], offset_ns=1000))
+                for _ in range(5):
+                    wall[0] += 0.2
+                    clock.advance(0.2)
+                    w.tick()
+                    if w.in_flight is not None:
+                        yield w.in_flight
+        yield run(20)
+        written = {s: int(self.sync.command("HGET", keys.trig(1, s), "TOTAL") or 0)
+                   for s in range(T0, T0 + 20)}
+        wall[0] -= 15  # NTP steps the clock back 15 s
+        yield run(20)
+        w.tick()
+        while w.pending or w.in_flight is not None:
+            clock.advance(0.2)
+            w.tick()
+            if w.in_flight is not None:
+                yield w.in_flight
+        for s in range(T0, T0 + 17):  # written before the step: as they were
+            self.assertEqual(int(self.sync.command("HGET", keys.trig(1, s), "TOTAL") or 0),
+                             written[s], "second %d written twice" % s)
+        self.assertEqual(w.stats.counters["clock_steps_back"], 1)
+        self.assertGreater(w.stats.counters["clock_step_dropped_events"], 0)
+        # the seconds after the ones written before the step are written normally
+        later = int(self.sync.command("HGET", keys.trig(1, T0 + 22), "TOTAL") or 0)
+        self.assertEqual(later, 10)
+        self.assertFalse(w.stepped_back)
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_a_late_batch_is_still_added(self):
+        """Lateness within LATE_LIMIT (a push holding a batch under back-pressure) without
+        a step is data not yet counted: it is added to its second."""
+        clock = task.Clock()
+        clock.advance(T0 + 5)
+        w = PullWorker("w", "unused", EventStore(self.redis), Stats("w"), clock,
+                       redis=self.redis)
+        events = random_events(random.Random(4), 10)
+        w.tick()  # closes up to T0 + 3
+        w.on_message(message(T0 + 1, events))
+        w.tick()
+        while w.pending or w.in_flight is not None:
+            d = w.in_flight or w.pump()
+            if d is not None:
+                yield d
+        self.assertEqual(int(self.sync.command("HGET", keys.trig(1, T0 + 1), "TOTAL")), 10)
+        self.assertEqual(w.stats.counters.get("late_batches"), 1)
+        self.assertNotIn("clock_step_dropped_events", w.stats.counters)

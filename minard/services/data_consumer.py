@@ -27,6 +27,7 @@ import numpy as np
 from twisted.internet import defer, task
 
 from minard import constants as C, zmqlink
+from minard.clock import wall as wall_clock
 from minard.services.common import ProcessBase, ZmqWorker
 from minard.stats import CorruptionLog
 from minard.store.channels import ChannelStore, Finaliser
@@ -264,7 +265,7 @@ class DataConsumer(ZmqWorker):
     def progress(self):
         """The second up to which every record received is in the partials: GRACE s
         behind the clock, and before the oldest CMOS record still waiting for its rate."""
-        progress = int(self.clock.seconds()) - GRACE
+        progress = int(self.wall_time()) - GRACE
         waiting = [self.queue[0]] if self.queue else []
         waiting += [batch[0] for _, batch in self.cmos_calls if batch]
         for crate, ns, *_ in waiting:
@@ -328,7 +329,7 @@ class DataConsumer(ZmqWorker):
                     yield task.deferLater(self.clock, 0.2, lambda: None)
                     continue
                 # every record received is in the partials: progress up to now
-                d = self.flush(progress=int(self.clock.seconds()))
+                d = self.flush(progress=int(self.wall_time()))
                 if d is None:
                     if not self.channels.unwritten():
                         break
@@ -371,6 +372,7 @@ def make_service(options, reactor):
     consumer = DataConsumer(address_for(options), kinds_for(options), base.redis,
                             base.stats, reactor,
                             state_redis=connect(options["redis"], reply_timeout=None))
+    consumer.wall = wall_clock
     base.status = lambda: status_of(consumer)
     consumer.setServiceParent(base.service)
     return base.service

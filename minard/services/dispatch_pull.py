@@ -18,6 +18,7 @@ import numpy as np
 from twisted.internet import defer, task
 
 from minard import zmqlink
+from minard.clock import wall as wall_clock
 from minard.aggregate.events import SecondAccumulator
 from minard.services.common import ProcessBase, ZmqWorker
 from minard.stats import CorruptionLog
@@ -39,6 +40,14 @@ QUIET_BEFORE_CLOSE = 0.15
 QUIET_WAIT_LIMIT = 2.0
 #: On SIGTERM, wait at most this long for the last flushes (s).
 STOP_TIMEOUT = 8.0
+#: A batch stamped in a second already written is late data (added to it) only if it is
+#: at most this many seconds older than the last second closed: the push holds a batch at
+#: most 5 s (back-pressure). Older stamps come from a wall clock stepped back (here or
+#: on the push's host): those seconds were written once already, and writing them again
+#: would count other events as theirs, so such events are dropped and counted.
+LATE_LIMIT = 10
+#: The wall clock going back by more than this between two ticks is a step (s).
+STEP_TOLERANCE = 1.0
 
 
 class PullWorker(ZmqWorker):
@@ -61,6 +70,8 @@ class PullWorker(ZmqWorker):
         self._flush_ids = itertools.count()
         self._run = "%s-%s" % (name, uuid.uuid4().hex)  # unique even for a repeated --name
         self._stopping = False
+        self.last_wall = None           # the wall clock at the last tick
+        self.stepped_back = False       # a step back seen, the clock not yet past it
         # per-channel occupancy (None: a worker without it, in some tests)
         self.channels = self.finaliser = None
         self.channels_retry_at = 0.0
@@ -85,9 +96,17 @@ class PullWorker(ZmqWorker):
             second = ns // 1_000_000_000
             acc = self.open.get(second)
             if acc is None:
-                acc = self.open[second] = SecondAccumulator(second)
                 if self.last_closed is not None and second <= self.last_closed:
+                    if self.stepped_back or second <= self.last_closed - LATE_LIMIT:
+                        # a second already written, stamped by a clock that went back
+                        self.stats.incr("clock_step_dropped_events", batch.n_events)
+                        self.corruption.trouble(
+                            "clock_step", "events stamped %d s before the last second "
+                            "written (a wall clock stepped back): not counted again"
+                            % (self.last_closed - second))
+                        return
                     self.stats.incr("late_batches")
+                acc = self.open[second] = SecondAccumulator(second)
             acc.add(batch, ns // 1000)
 
     # -- flushing ------------------------------------------------------------------
@@ -96,7 +115,8 @@ class PullWorker(ZmqWorker):
         try:
             if self.link is not None:
                 self.link.kick()
-            now = self.clock.seconds()
+            now = self.wall_time()
+            self.watch_wall_clock(now)
             self.close_seconds(int(now - 1 - GRACE))
             self.pump()
             self.write_channels()
@@ -104,6 +124,22 @@ class PullWorker(ZmqWorker):
             self.stats.set("pending_flushes", len(self.pending))
         except Exception:
             self.log.failure("pull worker tick failed")
+
+    def watch_wall_clock(self, now):
+        """A wall clock stepped back: log it once; until it is past the seconds already
+        written, events stamped in them are dropped (counted), never written twice. The
+        ticks themselves run on the monotonic clock and go on."""
+        if self.last_wall is not None and now < self.last_wall - STEP_TOLERANCE:
+            self.stats.incr("clock_steps_back")
+            self.log.error("wall clock stepped back {step:.1f} s: seconds up to {last} are "
+                           "already written; events stamped in them are not counted again",
+                           step=self.last_wall - now, last=self.last_closed)
+            self.stepped_back = True
+        elif self.stepped_back and self.last_closed is not None and \
+                int(now - 1 - GRACE) > self.last_closed:
+            self.stepped_back = False
+            self.log.info("wall clock past the seconds written before its step: normal")
+        self.last_wall = now
 
     def close_seconds(self, up_to):
         """Queue a flush for every second <= up_to; an idle second still gets one."""
@@ -264,6 +300,7 @@ def make_service(options, reactor):
     base = ProcessBase(options, name, heartbeat_name=name)
     worker = PullWorker(name, options["zmq"], EventStore(base.redis), base.stats,
                         reactor, redis=base.redis)
+    worker.wall = wall_clock
     base.status = lambda: status_of(worker)
     worker.setServiceParent(base.service)
     return base.service

@@ -21,6 +21,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from minard import constants as C
+from minard.clock import wall as wall_clock
 from minard.auth import AuthFileError, Authenticator
 from minard.programs import ProgramsError, load_programs
 from minard.services.common import ProcessBase
@@ -39,9 +40,11 @@ class OwnHeartbeat(TimerService):
 
     log = Logger()
 
-    def __init__(self, redis, program, clock, stats, interval=C.HEARTBEAT_INTERVAL):
+    def __init__(self, redis, program, clock, stats, interval=C.HEARTBEAT_INTERVAL,
+                 wall=None):
         TimerService.__init__(self, interval, self.beat)
         self.clock = clock
+        self.wall = wall or clock.seconds  # the heartbeat's time (minard/clock.py)
         self.redis = redis
         self.program = program
         self.stats = stats
@@ -52,7 +55,7 @@ class OwnHeartbeat(TimerService):
             return
         d = self._pending = defer.maybeDeferred(
             store.post_heartbeat, self.redis, self.program.name, "ok", self.program.expire,
-            self.clock.seconds())
+            self.wall())
         d.addErrback(lambda f: self.stats.incr("heartbeat_errors"))
         d.addBoth(self._done)  # may run at once: _pending is None again
 
@@ -137,14 +140,15 @@ def make_service(options, reactor):
     site = make_log_site(base.redis, programs, options["log-dir"], auth, clock=reactor,
                          stats=base.stats, max_connections=max_connections,
                          per_address=per_address, request_deadline=request_seconds)
+    site.wall = wall_clock  # stamps on the wall clock, timers on the monotonic one
     endpoint = endpoints.serverFromString(reactor, options["listen"])
     listener = StreamServerEndpointService(endpoint, site.site())
     listener._raiseSynchronously = True  # a port in use stops the start, not just logs
     listener.setServiceParent(base.service)
     if OWN_PROGRAM in programs:
         OwnHeartbeat(base.redis, programs[OWN_PROGRAM], reactor,
-                     base.stats).setServiceParent(base.service)
+                     base.stats, wall=wall_clock).setServiceParent(base.service)
     if watchdog_enabled:
         Watchdog(base.redis, after=watchdog_after, clock=reactor,
-                 stats=base.stats).setServiceParent(base.service)
+                 stats=base.stats, wall=wall_clock).setServiceParent(base.service)
     return base.service

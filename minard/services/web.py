@@ -6,6 +6,7 @@ from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from minard.clock import wall as wall_clock
 from minard.programs import ProgramsError, load_programs
 from minard.services.common import ProcessBase
 from minard.store.migrate import Migration, summary
@@ -55,7 +56,8 @@ def make_service(options, reactor):
     except ProgramsError as e:  # a usage error, not a traceback
         sys.stderr.write("minard: error: --programs: %s\n" % (e,))
         raise SystemExit(1)
-    site = Site(base.redis, programs, options["log-dir"], clock=reactor, stats=base.stats)
+    site = Site(base.redis, programs, options["log-dir"], clock=reactor, stats=base.stats,
+                wall=wall_clock)  # timers on the monotonic clock (minard/clock.py)
     factory = site.factory()  # connection caps per peer address (site.WebFactory)
     endpoint = serverFromString(reactor, options["listen"])
     listener = StreamServerEndpointService(endpoint, factory)

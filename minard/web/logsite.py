@@ -653,6 +653,9 @@ class RecentPosts:
 class LogSite:
     """The Klein app of the logging server; state on the instance.
 
+    `clock` schedules and measures durations (monotonic in the role: minard/clock.py);
+    `wall` (default clock.seconds) stamps log lines, heartbeats and alarms.
+
     redis: a txredisapi connection; programs: dict name -> Program; log_files:
     RotatingLogFiles; auth: minard.auth.Authenticator (check_deferred); clock: an
     IReactorTime (seconds() is the time written in log lines and alarms); stats: Stats;
@@ -671,6 +674,7 @@ class LogSite:
         self.log_files = log_files
         self.auth = auth
         self.clock = clock
+        self.wall = None
         self.stats = stats
         self.requests = TokenBuckets(request_rate, request_burst, clock.seconds)
         self.failures = TokenBuckets(failure_rate, failure_burst, clock.seconds)
@@ -682,6 +686,9 @@ class LogSite:
 
     # -- plumbing ------------------------------------------------------------------
 
+
+    def wall_time(self):
+        return (self.wall or self.clock.seconds)()
     def site(self):
         factory = LogSiteFactory(self.app.resource(), reactor=self.clock)
         factory.on_too_large = self._too_large
@@ -843,7 +850,7 @@ class LogSite:
             raise HTTPError(413, "status longer than %d bytes" % C.MAX_MESSAGE_BYTES)
         try:
             fresh = yield store.post_heartbeat(self.redis, program.name, status,
-                                               program.expire, self.clock.seconds(),
+                                               program.expire, self.wall_time(),
                                                post_id=post_id)
         except Exception as e:
             raise self._redis_failure(e, "heartbeat not stored")
@@ -867,7 +874,7 @@ class LogSite:
         if len(fields["message"]) > C.MAX_MESSAGE_BYTES:
             raise HTTPError(413, "message longer than %d bytes" % C.MAX_MESSAGE_BYTES)
         message = fields["message"].decode("utf-8", "replace").strip()
-        now = self.clock.seconds()
+        now = self.wall_time()
         line = logformat.format_line(now, program.name, level, message)
         file_error = yield self._write_line(program.name, post_id, line)
         wants_alarm = "notify" in fields or level >= C.ALARM_LEVEL

@@ -372,7 +372,7 @@ class Site:
     app = Klein()
     log = Logger()
 
-    def __init__(self, redis, programs, log_dir, clock=None, stats=None):
+    def __init__(self, redis, programs, log_dir, clock=None, stats=None, wall=None):
         if clock is None:
             from twisted.internet import reactor as clock
         if stats is None:
@@ -382,9 +382,10 @@ class Site:
         self.reads = Reads(redis)
         self.programs = programs
         self.log_dir = log_dir
-        self.clock = clock
+        self.clock = clock  # timers (monotonic in the role: minard/clock.py)
+        self.wall = wall or clock.seconds  # the time of the data asked for
         self.stats = stats
-        self.hub = StreamHub(self.reads, clock, stats=stats)
+        self.hub = StreamHub(self.reads, clock, stats=stats, wall=self.wall)
         self.streams = AddressLimit(C.STREAM_MAX_CLIENTS, C.STREAM_PER_ADDRESS,
                                     C.STREAM_LOOPBACK_RESERVE, "stream clients")
         self.expensive = ExpensiveRequests(stats=stats)
@@ -408,7 +409,7 @@ class Site:
         return self.expensive.run(client_address(request), f, *args)
 
     def now(self):
-        return self.clock.seconds()
+        return self.wall()
 
     def render(self, request, template, **context):
         context.setdefault("root", root_of(request))

@@ -249,9 +249,10 @@ class StreamHub:
     def __init__(self, reads, clock, stats=None, interval=STREAM_INTERVAL,
                  drop_after=STREAM_DROP_AFTER, max_unsent=STREAM_MAX_UNSENT,
                  unread_slack=STREAM_UNREAD_SLACK, stale_after=STALE_AFTER,
-                 sndbuf=STREAM_SNDBUF):
+                 sndbuf=STREAM_SNDBUF, wall=None):
         self.reads = reads
-        self.clock = clock
+        self.clock = clock  # timers and durations (monotonic in the role: minard/clock.py)
+        self.wall = wall or clock.seconds  # which second to read, server_time
         self.stats = stats
         self.interval = interval
         self.drop_after = drop_after
@@ -336,7 +337,7 @@ class StreamHub:
     def _start(self):
         if self.loop is not None or self._start_call is not None:
             return
-        now = self.clock.seconds()
+        now = self.wall()  # the phase is a fraction of the wall second
         delay = (TICK_PHASE - now) % self.interval if self.interval >= 1 else 0
         self._start_call = self.clock.callLater(delay, self._begin)
 
@@ -363,10 +364,10 @@ class StreamHub:
             self.count("stream_ticks_skipped")
             return None
         self._busy = True
-        now = self.clock.seconds()
+        now = self.wall()
         d = defer.maybeDeferred(self.snapshot, now)
         d.addErrback(self._failed, now)
-        d.addCallback(self.broadcast, now)
+        d.addCallback(self.broadcast, self.clock.seconds())
         d.addErrback(lambda f: self.log.failure("stream broadcast failed", f))
 
         def done(_):
