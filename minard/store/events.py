@@ -30,7 +30,7 @@ FLUSH_SCRIPT = Script(
 #: Redis commands one chunk of a flush may run at most: 2-5 µs each inside a script, so a
 #: chunk holds Redis ~1 ms, well under 5 ms even on a loaded machine
 #: (bench/bench_store_scripts.py, bench/bench_store.py).
-CHUNK_COMMANDS = 300
+CHUNK_COMMANDS = 200
 
 
 def chunks(doc, limit=CHUNK_COMMANDS):
