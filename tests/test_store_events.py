@@ -27,16 +27,17 @@ class ChunkTests(unittest.TestCase):
             d = doc(fields, hist)
             chunks = events.chunks(d)
             intervals = [i for c in chunks for i in c["i"]]
-            hashes = [h for c in chunks for h in c["h"]]
             self.assertEqual(sorted(intervals), sorted(C.INTERVALS))
-            self.assertEqual(sorted(hashes), sorted(C.HASH_INTERVALS))
+            for H in C.HASH_INTERVALS:  # each histogram's pairs once, in order
+                ranges = [(a, b) for c in chunks for h, a, b in c["h"] if h == H]
+                covered = [i for a, b in ranges for i in range(a, b + 1, 2)]
+                self.assertEqual(covered, list(range(1, 2 * hist + 1, 2)))
             self.assertEqual(sum(c["s"] for c in chunks), 1)
             self.assertEqual([c["k"] for c in chunks], list(range(len(chunks))))
             for c in chunks:
-                cost = len(c["i"]) * (3 * len(d["trig"]) + 6) + len(c["h"]) * (hist + 1)
-                # a chunk exceeds the bound only when one histogram alone does
-                self.assertTrue(cost <= events.CHUNK_COMMANDS or len(c["i"]) + len(c["h"]) == 1,
-                                (fields, hist, c, cost))
+                cost = len(c["i"]) * (3 * len(d["trig"]) + 6) + sum(
+                    (b - a + 1) // 2 + 1 for _, a, b in c["h"])
+                self.assertLessEqual(cost, events.CHUNK_COMMANDS, (fields, hist, c))
 
     def test_an_idle_second_is_one_chunk(self):
         self.assertEqual(len(events.chunks({"id": "x", "t": 1, "events": 0})), 1)

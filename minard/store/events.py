@@ -35,19 +35,25 @@ CHUNK_COMMANDS = 200
 
 def chunks(doc, limit=CHUNK_COMMANDS):
     """Split one second's flush into chunks of at most ~`limit` Redis commands: lists of
-    {"k", "i": intervals, "h": hash intervals of the nhit histogram, "s": samples?}.
-    An interval costs 3 commands per trig field (+ a few), a histogram one per nhit value."""
+    {"k", "i": intervals, "h": [[hash interval, first, last]] (a 1-based range of the
+    flat nhit histogram), "s": samples?}. An interval costs 3 commands per trig field (+ a
+    few), a histogram one per nhit value; a long histogram is split over chunks."""
     fields = len(doc.get("trig") or ()) if doc["events"] else 0
     work = [("i", I, 3 * fields + 6) for I in INTERVALS]
     if doc["events"]:
-        work += [("h", H, len(doc.get("hist") or ()) // 2 + 1) for H in HASH_INTERVALS]
+        n_hist = len(doc.get("hist") or ()) // 2
+        step = max(1, limit - 1)
+        for H in HASH_INTERVALS:
+            for first in range(0, max(n_hist, 1), step):
+                last = min(n_hist, first + step)
+                work.append(("h", [H, 2 * first + 1, 2 * last], last - first + 1))
     out, current, cost = [], {"i": [], "h": [], "s": 0}, 0
-    for kind, interval, n in work:
+    for kind, item, n in work:
         if current["i"] or current["h"]:
             if cost + n > limit:
                 out.append(current)
                 current, cost = {"i": [], "h": [], "s": 0}, 0
-        current[kind].append(interval)
+        current[kind].append(item)
         cost += n
     out.append(current)
     out[-1]["s"] = 1

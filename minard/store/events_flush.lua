@@ -1,8 +1,9 @@
 #!lua
 -- One chunk of one second of aggregated events from one pull worker (store/events.py,
 -- SPEC §4). ARGV[1]: the JSON flush payload (aggregate/events.py); ARGV[2]: the chunk,
--- JSON {"k": chunk number, "i": [intervals], "h": [hash intervals of nhit:hist],
--- "s": 1 if the nhit samples are in this chunk}. A second is written in chunks so that
+-- JSON {"k": chunk number, "i": [intervals], "h": [[hash interval, first, last], ...]
+-- (the pairs first..last of the nhit histogram p.hist, 1-based, for that interval's
+-- nhit:hist), "s": 1 if the nhit samples are in this chunk}. A second is written in chunks so that
 -- no script holds Redis long (each chunk is atomic); each chunk is applied once per
 -- flush id (a retried flush whose reply was lost counts nothing twice).
 -- Constants from minard.constants: TTLs and sizes.
@@ -43,10 +44,11 @@ for _, I in ipairs(chunk.i) do
   redis.call('SET', prefix .. 'heartbeat', '1', 'EX', ttl)
 end
 if events > 0 then
-  for _, H in ipairs(chunk.h) do
+  for _, part in ipairs(chunk.h) do
+    local H, first, last = part[1], part[2], part[3]
     local hist = 'ts:' .. H .. ':' .. math.floor(t / H) .. ':nhit:hist'
     local h = p.hist
-    for i = 1, #h, 2 do
+    for i = first, last, 2 do
       redis.call('HINCRBY', hist, int(h[i]), int(h[i + 1]))
     end
     redis.call('EXPIRE', hist, H * $hash_expire)
