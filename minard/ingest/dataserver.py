@@ -18,12 +18,13 @@ hand every record on, keeping the link healthy.
 ClientService does the reconnecting, with exponential backoff; bad connections in a row
 (refused, silent, corrupt) lengthen the delay.
 """
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet import protocol
 from twisted.logger import Logger
 
 from minard import constants as C
 from minard.ingest.keepalive import enable_keepalive
+from minard.ingest.link import UpstreamFactory
 from minard.stats import CorruptionLog
 from minard.wire import datastream as ds
 
@@ -188,7 +189,7 @@ class DataServerProtocol(protocol.Protocol):
         self.factory.link_down(self)
 
 
-class DataServerClientFactory(protocol.Factory):
+class DataServerClientFactory(UpstreamFactory):
     """Builds connections for a ClientService and reports to `listener`:
     listener.on_records(frames), and optionally link_up(p), subscribed(p), link_down(p)."""
 
@@ -206,22 +207,14 @@ class DataServerClientFactory(protocol.Factory):
         self.silence_timeout = silence_timeout
         self.max_useless = max_useless
         self.corruption = CorruptionLog(stats, clock=clock.seconds)
-        self.connection = None
-        self.failures = 0       # bad connections in a row: lengthens the retry delay
+        self._init_link()
         self.complained = False  # an error was logged since the last good subscription
-        self.stats.set("connected", 0)
         self.stats.set("subscribed", 0)
 
     def on_records(self, frames):
         self.failures = 0
         self.stats.incr("records", len(frames))
         self.listener.on_records(frames)
-
-    def link_up(self, connection):
-        self.connection = connection
-        self.stats.incr("connections")
-        self.stats.set("connected", 1)
-        self._notify("link_up", connection)
 
     def complain(self, text, **kw):
         """A failed subscription: an error the first time since the last good one (with a
@@ -238,24 +231,8 @@ class DataServerClientFactory(protocol.Factory):
                       ids=", ".join(ds.record_name(i) for i in self.wanted))
         self._notify("subscribed", connection)
 
-    def link_down(self, connection):
-        """Once per connection: when it is dropped, or when it closes by itself."""
-        if self.connection is not connection:
-            return
-        self.connection = None
-        self.stats.set("connected", 0)
+    def _link_gone(self):
         self.stats.set("subscribed", 0)
-        self._notify("link_down", connection)
-
-    def _notify(self, what, connection):
-        method = getattr(self.listener, what, None)
-        if method is not None:
-            method(connection)
-
-    def retry_policy(self, initial, maximum):
-        """Backoff over failed connection attempts and bad connections in a row."""
-        base = backoffPolicy(initialDelay=initial, maxDelay=maximum)
-        return lambda attempt: base(attempt + self.failures)
 
 
 #: Reconnection delays (s): the first retry, and the most it grows to.

@@ -18,11 +18,12 @@ hand every record on, and keep the link honest.
 ClientService does the reconnecting, with exponential backoff; dropped bad connections in
 a row (corrupt, useless) lengthen the delay, a record resets it.
 """
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet import protocol
 
 from minard import constants as C
 from minard.ingest.keepalive import enable_keepalive
+from minard.ingest.link import UpstreamFactory
 from minard.stats import CorruptionLog
 from minard.wire.controlhost import CASPUR, CorruptStream, FrameDecoder, tag_bytes, tag_text
 
@@ -192,7 +193,7 @@ class DispatcherProtocol(protocol.Protocol):
         self.factory.link_down(self)
 
 
-class DispatcherClientFactory(protocol.Factory):
+class DispatcherClientFactory(UpstreamFactory):
     """Builds connections for a ClientService and reports to `listener`:
     listener.on_records(payloads); optionally on_frames(frames) (every frame, as
     (raw tag, payload)), link_up(connection), link_down(connection).
@@ -215,9 +216,7 @@ class DispatcherClientFactory(protocol.Factory):
         self.max_useless = max_useless
         self.corruption = CorruptionLog(stats, clock=clock.seconds)
         self.quiet_log = CorruptionLog(stats, interval=QUIET_LOG_INTERVAL, clock=clock.seconds)
-        self.connection = None
-        self.failures = 0       # corrupt connections in a row: lengthens the retry delay
-        self.stats.set("connected", 0)
+        self._init_link()
 
     def on_frames(self, frames, records):
         frames_method = getattr(self.listener, "on_frames", None)
@@ -229,29 +228,8 @@ class DispatcherClientFactory(protocol.Factory):
     def record_seen(self):
         self.failures = 0
 
-    def link_up(self, connection):
-        self.connection = connection
-        self.stats.incr("connections")
-        self.stats.set("connected", 1)
-        self._notify("link_up", connection)
-
-    def link_down(self, connection):
-        """Once per connection: when it is dropped, or when it closes by itself."""
-        if self.connection is not connection:
-            return
-        self.connection = None
-        self.stats.set("connected", 0)
-        self._notify("link_down", connection)
-
-    def _notify(self, what, connection):
-        method = getattr(self.listener, what, None)
-        if method is not None:
-            method(connection)
-
     def retry_policy(self, initial=RETRY_INITIAL, maximum=RETRY_MAX):
-        """Backoff over failed connection attempts and corrupt connections in a row."""
-        base = backoffPolicy(initialDelay=initial, maxDelay=maximum)
-        return lambda attempt: base(attempt + self.failures)
+        return UpstreamFactory.retry_policy(self, initial, maximum)
 
 
 def client_service(endpoint, factory, clock, initial=RETRY_INITIAL, maximum=RETRY_MAX):
