@@ -15,8 +15,6 @@ EXPIRE = 2400
 #: Per-channel hash intervals (s) and how many finalised buckets each keeps.
 HASH_INTERVALS = (5, 60, 86400)
 HASH_EXPIRE = 1200
-#: Seconds after a hash bucket ends before it is finalised (every worker has flushed).
-FINALISE_DELAY = 3
 #: nhit samples kept per second (compat list ts:1:<sec>:nhit) and their TTL.
 NHIT_SAMPLES = 100
 NHIT_SAMPLES_TTL = 3600

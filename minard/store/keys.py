@@ -75,6 +75,7 @@ def nhit_samples(second):
 
 
 def finalise_lock(interval, b, name):
+    """`ts:<H>:<b>:<name>:lock` of the layout before the packed store (migration only)."""
     return ts(interval, b, name) + ":lock"
 
 
