@@ -151,6 +151,10 @@ MONITOR_IDLE_CONNECTION = 8.0
 WATCHDOG_AFTER = 60
 WATCHDOG_INTERVAL = 1.0
 
+#: The web site and log server give Redis this long to answer (s), then answer 503: their
+#: reads are short scripts (milliseconds), and a retried heartbeat or /log is idempotent.
+SITE_REPLY_TIMEOUT = 3.0
+
 #: Main web site (SPEC §5.1, §6).
 WEB_PORT = 8080
 MAX_POINTS = 10000  # a time-series request may ask for at most this many points

@@ -235,6 +235,19 @@ class BrowserTests(unittest.TestCase):
         self.shot(page, "daq-card")
         self.assertEqual(problems, [])
 
+    def test_daq_crate_and_card_views_open_from_their_url(self):
+        """A reload or a bookmark of a crate or card view draws it (the overview map,
+        never built there, broke it with 'cannot load')."""
+        for path, ready in (
+                ("daq?crate=3", "document.querySelectorAll('#daq-cardmap canvas').length > 0"),
+                ("daq?crate=3&card=5",
+                 "document.querySelectorAll('#daq-channel-charts .uplot').length === 32")):
+            page, problems = self.open(path)
+            self.wait(page, "document.querySelector('#daq-info').textContent.includes('channels')")
+            self.wait(page, ready)
+            self.assertNotIn("cannot load", page.locator("#daq-info").inner_text(), path)
+            self.assertEqual(problems, [], path)
+
     def test_l2(self):
         page, problems = self.open("l2")
         self.wait(page, "document.querySelector('#l2-done').rows.length === 5")

@@ -142,6 +142,14 @@ class RedisAwayAnswersTests(FaultTestCase):
             except OSError:
                 return False
         yield wait_for(up, timeout=30)
+        # frozen (connected, not answering): 503 within the site's reply timeout
+        self.redis.pause()
+        status, body, took = yield threads.deferToThread(
+            self.fetch, web_port, "/get_status?name=builder")
+        self.redis.resume()
+        self.assertEqual(status, 503, body)
+        self.assertLess(took, 6.0)
+        yield wait_for(up, timeout=30)
         port = self.redis.port
         self.redis.process.kill()
         self.redis.process.wait()

@@ -429,3 +429,32 @@ class WebRoleLatencyTests(RedisTestMixin, unittest.TestCase):
         self.assertEqual({len(json.loads(body)["values"]) for _, body in results}, {10})
         self.assertGreater(len(latencies), 5)
         self.assertLess(max(latencies), self.BOUND, sorted(latencies)[-5:])
+
+
+class FairSlotsTests(unittest.TestCase):
+    def test_waiting_addresses_take_turns(self):
+        from minard.web.site import FairSlots
+        slots = FairSlots(1)
+        order = []
+        first = slots.acquire("a")
+        self.assertTrue(first.called)
+        for i in range(5):
+            slots.acquire("flood").addCallback(lambda _, i=i: order.append("flood%d" % i))
+        slots.acquire("shifter").addCallback(lambda _: order.append("shifter"))
+        for _ in range(6):
+            slots.release()
+        # the shifter, queued after the flood's five, runs second, not sixth
+        self.assertEqual(order, ["flood0", "shifter", "flood1", "flood2", "flood3", "flood4"])
+        slots.release()
+        self.assertEqual(slots.free, 1)
+
+    def test_a_cancelled_wait_gives_its_turn_back(self):
+        from minard.web.site import FairSlots
+        slots = FairSlots(1)
+        slots.acquire("a")
+        waiting = slots.acquire("b")
+        waiting.addErrback(lambda f: None)
+        waiting.cancel()
+        self.assertEqual(dict(slots.waiting), {})
+        slots.release()
+        self.assertEqual(slots.free, 1)

@@ -52,12 +52,16 @@ class ProcessBase:
     """The shared parts of one process: `service` (a MultiService to add to), `stats`,
     `redis`. `status` is a callable giving the text of this process's heartbeat."""
 
-    def __init__(self, options, process, heartbeat_name=None, redis=None, status=None):
+    def __init__(self, options, process, heartbeat_name=None, redis=None, status=None,
+                 reply_timeout=None):
         self.options = options
         self.process = process
         self.service = ProcessService()
         self.stats = Stats(process)
-        self.redis = redis if redis is not None else connect(options["redis"])
+        if redis is None:
+            redis = connect(options["redis"]) if reply_timeout is None else \
+                connect(options["redis"], reply_timeout=reply_timeout)
+        self.redis = redis
         publisher = StatsPublisher(self.stats, self.redis)
         publisher.setServiceParent(self.service)
         self.service.last = (publisher,)

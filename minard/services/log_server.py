@@ -136,7 +136,7 @@ def make_service(options, reactor):
     if not os.access(options["log-dir"], os.W_OK):
         raise OptionError("--log-dir: %s is not writable" % (options["log-dir"],))
 
-    base = ProcessBase(options, "log-server")
+    base = ProcessBase(options, "log-server", reply_timeout=C.SITE_REPLY_TIMEOUT)
     site = make_log_site(base.redis, programs, options["log-dir"], auth, clock=reactor,
                          stats=base.stats, max_connections=max_connections,
                          per_address=per_address, request_deadline=request_seconds)

@@ -6,6 +6,7 @@ from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from minard import constants as C
 from minard.clock import wall as wall_clock
 from minard.programs import ProgramsError, load_programs
 from minard.services.common import ProcessBase
@@ -50,7 +51,9 @@ class StoreMigration(Service):
 
 
 def make_service(options, reactor):
-    base = ProcessBase(options, "web", heartbeat_name="minard-web")
+    # a Redis that is connected but frozen is a 503 within seconds, not a 10-s hang
+    base = ProcessBase(options, "web", heartbeat_name="minard-web",
+                       reply_timeout=C.SITE_REPLY_TIMEOUT)
     try:
         programs = load_programs(options["programs"])
     except ProgramsError as e:  # a usage error, not a traceback

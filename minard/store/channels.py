@@ -590,7 +590,7 @@ def gather(deferreds):
 
 # -- reading -----------------------------------------------------------------------------
 
-def _value(raw):
+def value_of(raw):
     raw = as_bytes(raw)
     if len(raw) != 4:
         return None
@@ -614,7 +614,7 @@ def value_series(redis, name, interval, buckets, crate, card=None, channel=None,
     """A channel's value or a card's / crate's roll-up per bucket (None = no data)."""
     offset, length = series_offset(crate, card, channel, method)
     raws = yield read_series(redis, name, interval, buckets, offset, length)
-    return [_value(r) for r in raws]
+    return [value_of(r) for r in raws]
 
 
 @defer.inlineCallbacks

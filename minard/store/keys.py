@@ -51,6 +51,20 @@ def hash_interval_for(step):
     return best
 
 
+def kept_hash_buckets(start, stop, step, now):
+    """Per point of range(start, stop, step): (H, bucket) of the per-channel bucket to
+    read. H is hash_interval_for(step), or the next larger interval where a point is older
+    than H's retention (H × HASH_EXPIRE s): a 3-hour window at step 12 reads 5-s buckets
+    for its last 100 minutes and 60-s buckets before, instead of nothing."""
+    finest = hash_interval_for(step)
+    choices = [h for h in HASH_INTERVALS if h >= finest]
+    out = []
+    for t in range(start, stop, step):
+        interval = next((h for h in choices if t >= now - h * HASH_EXPIRE), choices[-1])
+        out.append((interval, t // interval))
+    return out
+
+
 def ts(interval, b, name):
     """`ts:<I>:<b>:<name>` — a time-series key."""
     return "ts:%d:%d:%s" % (interval, b, name)

@@ -87,9 +87,11 @@ class Expression:
         self.text = text
         self.reads = []  # (op, name, field or None)
         if text in TRIGGER_BIT or text == "TOTAL":
-            self.kind = "rate"
-            self.reads = [("HMGET", "trig", field_of(text))]
-            self.missing = 0.0
+            # a bucket with a pull-worker heartbeat but no count had no such events (0);
+            # without either nobody was counting: unknown, not zero (SPEC §5.1)
+            self.kind = "counted"
+            self.reads = [("HMGET", "trig", field_of(text)), ("HMGET", "trig", "TOTAL"),
+                          ("GET", "heartbeat", None)]
         elif text in RAW_TRIG_FIELDS:
             self.kind = "raw"
             self.reads = [("HMGET", "trig", text)]
@@ -125,6 +127,11 @@ class Expression:
         if self.kind == "rate":
             missing = self.missing
             return [missing if x is None else x / interval for x in map(_number, columns[0])]
+        if self.kind == "counted":
+            return [x / interval if x is not None else
+                    (0.0 if total is not None or beat is not None else None)
+                    for x, total, beat in zip(map(_number, columns[0]), columns[1],
+                                              columns[2])]
         return [None if num is None or not den else num / den
                 for num, den in zip(map(_number, columns[0]), map(_number, columns[1]))]
 
@@ -277,27 +284,42 @@ class Reads:
             raise
         return series
 
-    def hash_series(self, name, start, stop, step, crate, card=None, channel=None,
-                    method="avg"):
-        """Per point: a channel's value, or a card's / crate's avg or max (floats or None)."""
-        interval = hash_interval_for(step)
-        buckets = [i // interval for i in range(start, stop, step)]
-        return channels.value_series(self.redis, name, interval, buckets, crate, card,
-                                     channel, method)
+    @defer.inlineCallbacks
+    def _point_reads(self, name, start, stop, step, now, offset, length):
+        """Per point, the bytes at offset of the bucket keys.kept_hash_buckets chooses
+        (b'' where it is not finalised): one read per interval used."""
+        now = stop if now is None else now
+        points = keys.kept_hash_buckets(start, stop, step, now)
+        out = [b""] * len(points)
+        for interval in sorted({h for h, _ in points}):
+            where = [p for p, (h, _) in enumerate(points) if h == interval]
+            raws = yield channels.read_series(self.redis, name, interval,
+                                              [points[p][1] for p in where], offset, length)
+            for p, raw in zip(where, raws):
+                out[p] = raw
+        return out
 
     @defer.inlineCallbacks
-    def owl_series(self, name, start, stop, step, method="avg"):
+    def hash_series(self, name, start, stop, step, crate, card=None, channel=None,
+                    method="avg", now=None):
+        """Per point: a channel's value, or a card's / crate's avg or max (floats or None);
+        older points from coarser buckets where the finer ones have expired."""
+        offset, length = channels.series_offset(crate, card, channel, method)
+        raws = yield self._point_reads(name, start, stop, step, now, offset, length)
+        return [channels.value_of(raw) for raw in raws]
+
+    @defer.inlineCallbacks
+    def owl_series(self, name, start, stop, step, method="avg", now=None):
         """Per point: NaN-aware mean (avg) or max over the 48 OWL channels (crates 3, 13,
         18; card 15; channels 16-31: one contiguous range of 16 values per crate)."""
-        interval = hash_interval_for(step)
-        buckets = [i // interval for i in range(start, stop, step)]
         per_crate = []
         for crate in sorted({i >> 9 for i in OWL_CHANNELS}):
             first = [i for i in OWL_CHANNELS if i >> 9 == crate]
             offset, _ = channels.series_offset(crate, 15, min(first) & 31)
-            raws = yield channels.read_series(self.redis, name, interval, buckets, offset,
-                                              4 * len(first))
+            raws = yield self._point_reads(name, start, stop, step, now, offset,
+                                           4 * len(first))
             per_crate.append(raws)
+        buckets = per_crate[0]
         out = []
         for p in range(len(buckets)):
             xs = []

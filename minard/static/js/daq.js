@@ -82,7 +82,9 @@
   var lastMap = null;
   function paint() {
     if (!lastMap) { return; }
-    overviewMap.draw(lastMap.values, colour);
+    /* the overview map exists once the overview was shown: a crate or card view opened
+       straight from its URL (a reload, a bookmark) has none yet */
+    if (overviewMap) { overviewMap.draw(lastMap.values, colour); }
     if (crateMap && state.crate !== null && state.card === null) { crateMap.draw(lastMap.values, colour); }
   }
 
