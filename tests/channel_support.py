@@ -76,11 +76,19 @@ def assert_rollups(test, got, values, msg=None):
     for i, v in values.items():
         num[i], den[i] = v, 1
     _, groups = reference(num, den, "mean")
+    scale = {"card": {}, "crate": {}}  # the largest |value| of each group
+    for i, v in values.items():
+        for level, g in (("card", i >> 5), ("crate", i >> 9)):
+            scale[level][g] = max(scale[level].get(g, 0.0), abs(v))
     for level, size in (("card", C.N_CRATES * C.N_CARDS), ("crate", C.N_CRATES)):
         for g in range(size):
             if g in groups[level]:
                 avg, mx = groups[level][g]
-                test.assertTrue(close(got[level + ":avg"][g], avg), (msg, level, g))
+                # an average whose values cancel (base currents around 0) is compared to
+                # float32 precision of its values, not of itself
+                test.assertTrue(close(got[level + ":avg"][g], avg) or
+                                abs(got[level + ":avg"][g] - avg) <= 2e-7 * scale[level][g],
+                                (msg, level, g, got[level + ":avg"][g], avg))
                 test.assertTrue(close(got[level + ":max"][g], mx), (msg, level, g))
             else:
                 test.assertTrue(math.isnan(got[level + ":avg"][g]), (msg, level, g))

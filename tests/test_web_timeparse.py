@@ -101,7 +101,8 @@ class ExpressionTests(unittest.TestCase):
         from minard.store.reads import parse_expressions
         kinds = {e.text: e.kind for e in parse_expressions(
             "TOTAL,100L,MISS,TOTAL-nhit,PULGT-charge,gtid,heartbeat,L2:gtid,L1,foo,20-Baseline")}
-        self.assertEqual(kinds, {"TOTAL": "rate", "100L": "rate", "MISS": "rate",
+        # trigger counts: "counted" (null where nobody counted, SPEC §5.1)
+        self.assertEqual(kinds, {"TOTAL": "counted", "100L": "counted", "MISS": "counted",
                                  "TOTAL-nhit": "mean", "PULGT-charge": "mean", "gtid": "raw",
                                  "heartbeat": "raw", "L2:gtid": "raw", "L1": "rate",
                                  "foo": "rate", "20-Baseline": "mean"})
