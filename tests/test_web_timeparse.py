@@ -118,5 +118,5 @@ class ExpressionTests(unittest.TestCase):
         except tp.BadRequest:
             return
         for e in exprs:
-            self.assertIn(e.kind, ("rate", "mean", "raw"))
+            self.assertIn(e.kind, ("rate", "counted", "mean", "raw"))
             self.assertTrue(e.reads)
