@@ -55,6 +55,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from tests.support import ReplyError, encode_command, read_reply  # noqa: E402
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: Goals from the issue.
 GOAL_CPU_PCT = 5.0  # Redis main thread at 1 kHz, % of a core, flat
@@ -96,42 +98,15 @@ class Redis:
         except OSError:
             pass
 
-    @staticmethod
-    def _encode(args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        return b"".join(out)
-
-    def _read(self):
-        line = self.f.readline()
-        if not line:
-            raise ConnectionError("Redis closed the connection")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            return RedisError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            return None if n < 0 else self.f.read(n + 2)[:-2]
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self._read() for _ in range(n)]
-        raise ConnectionError("bad reply %r" % (line,))
-
     def pipeline(self, commands):
         if not commands:
             return []
-        self.sock.sendall(b"".join(self._encode(c) for c in commands))
-        return [self._read() for _ in commands]
+        self.sock.sendall(b"".join(encode_command(c) for c in commands))
+        return [read_reply(self.f) for _ in commands]
 
     def __call__(self, *args):
         reply = self.pipeline([args])[0]
-        if isinstance(reply, RedisError):
+        if isinstance(reply, ReplyError):
             raise reply
         return reply
 
@@ -140,8 +115,6 @@ class Redis:
         return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
 
-class RedisError(Exception):
-    pass
 
 
 def text(value):

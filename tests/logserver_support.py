@@ -108,16 +108,7 @@ class LogServerMixin(RedisTestMixin):
                         s.sendall(chunk)
                 except OSError:
                     pass  # the server may close once it has answered
-                out = b""
-                while True:
-                    try:
-                        data = s.recv(65536)
-                    except OSError:
-                        break
-                    if not data:
-                        break
-                    out += data
-                return out
+                return read_all(s)
 
         return threads.deferToThread(talk)
 

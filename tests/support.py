@@ -86,6 +86,53 @@ class RedisServer:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+class ReplyError(RuntimeError):
+    """An error reply of Redis (`-ERR ...`)."""
+
+
+def encode_command(args):
+    """One command in RESP: *N then $len/value per argument (bytes as they are)."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def read_reply(f):
+    """One RESP reply from a binary file: bulk strings as bytes, errors as ReplyError
+    instances (returned, not raised: a pipeline reads on past them)."""
+    line = f.readline()
+    if not line:
+        raise ConnectionError("Redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        return ReplyError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [read_reply(f) for _ in range(n)]
+    raise ConnectionError("bad reply %r" % (line,))
+
+
+def as_text(reply):
+    """A reply with bulk strings as str (undecodable bytes kept by surrogateescape) and
+    any error reply raised."""
+    if isinstance(reply, ReplyError):
+        raise reply
+    if isinstance(reply, bytes):
+        return reply.decode("utf-8", "surrogateescape")
+    if isinstance(reply, list):
+        return [as_text(r) for r in reply]
+    return reply
+
+
 class SyncRedis:
     """A tiny blocking RESP client for test assertions, independent of txredisapi."""
 
@@ -97,40 +144,10 @@ class SyncRedis:
         with socket.create_connection(self.address, timeout=10) as s:
             f = s.makefile("rb")
             if self.password:
-                s.sendall(self._encode(("AUTH", self.password)))
-                self._read(f)
-            s.sendall(self._encode(args))
-            return self._read(f)
-
-    @staticmethod
-    def _encode(args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        return b"".join(out)
-
-    def _read(self, f):
-        line = f.readline()
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RuntimeError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            data = f.read(n + 2)[:-2]
-            return data.decode("utf-8", "surrogateescape")
-        if kind == b"*":
-            n = int(rest)
-            if n < 0:
-                return None
-            return [self._read(f) for _ in range(n)]
-        raise RuntimeError("bad reply %r" % (line,))
+                s.sendall(encode_command(("AUTH", self.password)))
+                as_text(read_reply(f))
+            s.sendall(encode_command(args))
+            return as_text(read_reply(f))
 
     def get_bytes(self, *args):
         """A bulk reply as the bytes Redis holds (binary blobs)."""
@@ -163,6 +180,16 @@ class RedisTestMixin:
             self.redis_server.start()
         self.redis_server.command("FLUSHALL")
         self.sync = SyncRedis(self.redis_server.port)
+
+
+class RedisConnectionMixin(RedisTestMixin):
+    """RedisTestMixin plus self.redis, minard's own connection to it (closed after)."""
+
+    def setUp(self):
+        RedisTestMixin.setUp(self)
+        from minard.store.connection import connect
+        self.redis = connect(self.redis_server.url)
+        self.addCleanup(self.redis.disconnect)
 
 
 def wait_for(predicate, timeout=10.0, interval=0.05):

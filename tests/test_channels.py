@@ -11,7 +11,7 @@ from minard import constants as C
 from minard.store import channels, keys
 from minard.store.channels import ChannelStore, ChannelWriter, Finaliser
 from minard.store.connection import connect
-from tests.support import RedisTestMixin
+from tests.support import RedisConnectionMixin, RedisTestMixin
 
 N = C.N_CHANNELS
 
@@ -354,14 +354,7 @@ class StoreTests(RedisTestMixin, unittest.TestCase):
         self.assertIsNone(position)
 
 
-class CatchUpTests(RedisTestMixin, unittest.TestCase):
-    def setUp(self):
-        RedisTestMixin.setUp(self)
-        self.redis = connect(self.redis_server.url)
-
-    @defer.inlineCallbacks
-    def tearDown(self):
-        yield self.redis.disconnect()
+class CatchUpTests(RedisConnectionMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_a_backlog_is_written_in_several_calls_then_finalised(self):

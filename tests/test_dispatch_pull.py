@@ -244,6 +244,23 @@ class FinaliseTests(RedisTestMixin, unittest.TestCase):
                                                                               T0 // 86400)])
 
     @defer.inlineCallbacks
+    def catch_up(self, w, clock, sync, start):
+        """Redis is back: tick until the partials are written and the minute of `start`
+        finalised (30 s at most)."""
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            clock.advance(1)
+            w.tick()
+            yield self.drain(w)
+            try:
+                yield settle_channels(w)
+            except Exception:
+                pass
+            if not w.channels.unwritten() and final(sync, "occupancy", 60, start // 60):
+                return
+            yield task.deferLater(reactor, 0.1, lambda: None)
+
+    @defer.inlineCallbacks
     def test_backlog_after_an_outage_finalises_every_bucket(self):
         """Redis away for 40 s of events: the partials wait in memory; once it is back,
         every 5-s bucket and the 60-s bucket is finalised from all its data."""
@@ -269,19 +286,7 @@ class FinaliseTests(RedisTestMixin, unittest.TestCase):
         self.assertIsNotNone(w.channels.in_flight)
         self.assertEqual(len(w.channels["occupancy"].delta), 12)
         own.start()
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            clock.advance(1)
-            w.tick()
-            yield self.drain(w)
-            try:
-                yield settle_channels(w)
-            except Exception:
-                pass
-            if (not w.channels.unwritten() and final(SyncRedis(own.port), "occupancy", 60,
-                                                     start // 60) is not None):
-                break
-            yield task.deferLater(reactor, 0.1, lambda: None)
+        yield self.catch_up(w, clock, SyncRedis(own.port), start)
         sync = SyncRedis(own.port)
         for b, (h, e) in sorted(expected.items()):
             assert_occupancy(self, final(sync, "occupancy", 5, b), {ch: h} if h else {}, e)
@@ -319,18 +324,7 @@ class FinaliseTests(RedisTestMixin, unittest.TestCase):
         self.flushLoggedErrors()
         own.start()
         sync = SyncRedis(own.port)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            clock.advance(1)
-            w.tick()
-            yield self.drain(w)
-            try:
-                yield settle_channels(w)
-            except Exception:
-                pass
-            if not w.channels.unwritten() and final(sync, "occupancy", 60, start // 60):
-                break
-            yield task.deferLater(reactor, 0.1, lambda: None)
+        yield self.catch_up(w, clock, SyncRedis(own.port), start)
         ch = 1 << 5 | 2
         for b in sorted(events):
             got = final(sync, "occupancy", 5, b)

@@ -16,6 +16,7 @@ from minard.services import dispatch_push
 from minard.stats import Stats
 from minard.store import keys
 from minard.wire.controlhost import CASPUR
+from tests.test_push_forwarder import Link
 
 
 class FakeRedis:
@@ -34,15 +35,6 @@ class FakeRedis:
         return defer.succeed(1)
 
 
-class Link:
-    def __init__(self):
-        self.open = True
-        self.sent = []
-
-    def send(self, frames):
-        if self.open:
-            self.sent.append(frames)
-        return self.open
 
 
 def options(**extra):

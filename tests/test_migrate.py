@@ -15,9 +15,8 @@ from minard import constants as C
 from minard.services.web import StoreMigration
 from minard.store import channels, keys, migrate
 from minard.store.channels import ChannelStore, Finaliser
-from minard.store.connection import connect
 from minard.store.reads import Reads
-from tests.support import REPO, RedisTestMixin, free_port
+from tests.support import REPO, RedisConnectionMixin, RedisTestMixin, free_port
 
 N = C.N_CHANNELS
 T = 1_700_000_000  # a second in bucket 340000000 (5 s), 28333333 (60 s), 19675 (1 day)
@@ -228,15 +227,7 @@ def snapshot(sync):
     return out
 
 
-class MigrateTests(RedisTestMixin, unittest.TestCase):
-    def setUp(self):
-        RedisTestMixin.setUp(self)
-        self.redis = connect(self.redis_server.url)
-
-    @defer.inlineCallbacks
-    def tearDown(self):
-        yield self.redis.disconnect()
-
+class MigrateTests(RedisConnectionMixin, unittest.TestCase):
     def final(self, name, H, b):
         blob = self.sync.get_bytes("GET", keys.channel_final(name, H, b))
         return None if blob is None else channels.decode_final(blob)

@@ -19,16 +19,9 @@ import numpy as np
 
 from minard.constants import HASH_INTERVALS, INTERVALS, N_CHANNELS, TRIGGERS
 from minard.store import channels, keys
+from tests.support import as_text, encode_command, read_reply
 
 RATE = 1000.0  # events / s
-
-
-def _encode(args):
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
 
 
 def pipeline(port, commands, chunk=2000):
@@ -37,23 +30,9 @@ def pipeline(port, commands, chunk=2000):
         f = s.makefile("rb")
         for i in range(0, len(commands), chunk):
             part = commands[i:i + chunk]
-            s.sendall(b"".join(_encode(c) for c in part))
+            s.sendall(b"".join(encode_command(c) for c in part))
             for _ in part:
-                _read(f)
-
-
-def _read(f):
-    line = f.readline()
-    kind = line[:1]
-    if kind == b"-":
-        raise RuntimeError(line.decode())
-    if kind == b"$":
-        n = int(line[1:-2])
-        if n >= 0:
-            f.read(n + 2)
-    elif kind == b"*":
-        for _ in range(max(0, int(line[1:-2]))):
-            _read(f)
+                as_text(read_reply(f))
 
 
 def rate_at(t):

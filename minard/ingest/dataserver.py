@@ -19,12 +19,11 @@ ClientService does the reconnecting, with exponential backoff; bad connections i
 (refused, silent, corrupt) lengthen the delay.
 """
 from twisted.application.internet import ClientService
-from twisted.internet import protocol
 from twisted.logger import Logger
 
 from minard import constants as C
 from minard.ingest.keepalive import enable_keepalive
-from minard.ingest.link import UpstreamFactory
+from minard.ingest.link import UpstreamFactory, UpstreamProtocol
 from minard.stats import CorruptionLog
 from minard.wire import datastream as ds
 
@@ -33,10 +32,12 @@ WANTED = (C.RECORD_CMOS, C.RECORD_BASE)
 READ_SIZE = 1 << 16
 
 
-class DataServerProtocol(protocol.Protocol):
+class DataServerProtocol(UpstreamProtocol):
     """One connection to the data server."""
 
     log = Logger()
+
+    corrupt_stream = ds.CorruptStream
 
     def __init__(self):
         self.decoder = ds.FrameDecoder()
@@ -58,21 +59,9 @@ class DataServerProtocol(protocol.Protocol):
             self._silence_timer = f.clock.callLater(f.silence_timeout, self._silent)
         f.link_up(self)
 
-    def dataReceived(self, data):
-        if self.dropped:
-            return
-        f = self.factory
-        f.stats.incr("bytes", len(data))
-        try:
-            frames = self.decoder.feed(data)
-        except ds.CorruptStream as e:
-            self.handle_frames(e.frames)  # complete before the corruption: received intact
-            if not self.dropped:
-                f.corruption.note("stream", 1, str(e))
-                f.failures += 1
-                self.drop("corrupt stream")
-            return
-        self.handle_frames(frames)
+    def dropped_corrupt(self):
+        self.factory.failures += 1
+        self.drop("corrupt stream")
 
     def handle_frames(self, frames):
         """Hand the wanted records on, take the reply, count the rest: once per read, not

@@ -19,11 +19,10 @@ ClientService does the reconnecting, with exponential backoff; dropped bad conne
 a row (corrupt, useless) lengthen the delay, a record resets it.
 """
 from twisted.application.internet import ClientService
-from twisted.internet import protocol
 
 from minard import constants as C
 from minard.ingest.keepalive import enable_keepalive
-from minard.ingest.link import UpstreamFactory
+from minard.ingest.link import UpstreamFactory, UpstreamProtocol
 from minard.stats import CorruptionLog
 from minard.wire.controlhost import CASPUR, CorruptStream, FrameDecoder, tag_bytes, tag_text
 
@@ -42,8 +41,10 @@ RETRY_INITIAL = 0.5
 RETRY_MAX = 10.0
 
 
-class DispatcherProtocol(protocol.Protocol):
+class DispatcherProtocol(UpstreamProtocol):
     """One connection to a ControlHost dispatcher."""
+
+    corrupt_stream = CorruptStream
 
     def __init__(self):
         self.decoder = None
@@ -67,21 +68,9 @@ class DispatcherProtocol(protocol.Protocol):
         self._arm()
         f.link_up(self)
 
-    def dataReceived(self, data):
-        if self.dropped:
-            return
-        f = self.factory
-        f.stats.incr("bytes", len(data))
-        try:
-            frames = self.decoder.feed(data)
-        except CorruptStream as e:
-            self.handle_frames(e.frames)  # complete before the corruption: received intact
-            if not self.dropped:
-                f.corruption.note("stream", 1, str(e))
-                f.stats.incr("corrupt_streams_dropped")
-                self.drop_corrupt()
-            return
-        self.handle_frames(frames)
+    def dropped_corrupt(self):
+        self.factory.stats.incr("corrupt_streams_dropped")
+        self.drop_corrupt()
 
     def handle_frames(self, frames):
         if not frames:

@@ -1,7 +1,33 @@
-"""What the upstream clients (dispatcher, data server) share: the factory's bookkeeping
-of its one connection for a ClientService, reported to a listener."""
+"""What the upstream clients (dispatcher, data server) share: reading frames off the
+socket, and the factory's bookkeeping of its one connection for a ClientService,
+reported to a listener."""
 from twisted.application.internet import backoffPolicy
 from twisted.internet import protocol
+
+
+class UpstreamProtocol(protocol.Protocol):
+    """Feeds what arrives to `decoder` (a framing decoder) and the frames to
+    handle_frames(frames). A corrupt stream (`corrupt_stream`, the framing's exception):
+    the frames complete before it are handled, then it is counted, logged once and
+    dropped_corrupt() ends the connection. Subclasses set decoder and `dropped`."""
+
+    corrupt_stream = Exception
+    dropped = False
+
+    def dataReceived(self, data):
+        if self.dropped:
+            return
+        f = self.factory
+        f.stats.incr("bytes", len(data))
+        try:
+            frames = self.decoder.feed(data)
+        except self.corrupt_stream as e:
+            self.handle_frames(e.frames)  # complete before the corruption: received intact
+            if not self.dropped:
+                f.corruption.note("stream", 1, str(e))
+                self.dropped_corrupt()
+            return
+        self.handle_frames(frames)
 
 
 class UpstreamFactory(protocol.Factory):

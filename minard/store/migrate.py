@@ -28,7 +28,6 @@ command; no script. A value that is not a number is left out and counted, never 
 `minard-migrate-store [--redis URL]` runs it by hand; the `web` role runs it once at start.
 """
 import argparse
-import math
 import re
 import sys
 
@@ -40,6 +39,7 @@ from twisted.logger import Logger
 from minard import constants as C
 from minard.store import channels, keys
 from minard.store.connection import connect, parse_redis_url
+from minard.store.reads import finite_number
 
 PATTERNS = tuple("ts:*:%s*" % name for name in channels.NAMES)
 SCAN_COUNT = 500
@@ -86,13 +86,7 @@ def finalised_keys(name, interval, b):
             + [keys.finalise_lock(interval, b, name)])
 
 
-def _number(text):
-    """A stored value as a finite float, None when it is not one."""
-    try:
-        x = float(text)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
+_number = finite_number
 
 
 def dense(flat, fill=np.nan):

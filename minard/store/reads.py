@@ -69,6 +69,15 @@ def _number(value):
     return x if math.isfinite(x) else None
 
 
+def finite_number(text):
+    """Any stored value (str, bytes, number) as a finite float, None when it is not one."""
+    try:
+        x = float(text)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
 def _pairs(flat):
     flat = _list(flat)
     return dict(zip(flat[::2], flat[1::2]))

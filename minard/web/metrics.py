@@ -13,8 +13,9 @@ Each numeric field F of a process's stats hash becomes the sample
   `minard_redis_memory_ratio` (used / maxmemory): Redis runs with noeviction, so a full
   Redis refuses writes; the log server's watchdog alarms at 80 %.
 """
-import math
 import re
+
+from minard.store.reads import finite_number
 
 #: A process that has not published its stats for this long is down.
 ALIVE_AFTER = 5.0
@@ -34,12 +35,7 @@ def label_value(text):
     return str(text).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _number(text):
-    try:
-        x = float(text)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
+_number = finite_number
 
 
 def _format(x):
