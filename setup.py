@@ -31,6 +31,7 @@ setup(
             "minard-log = minard.monitor:main",
             "minard-passwd = minard.auth:main",
             "minard-migrate-store = minard.store.migrate:main",
+            "minard-keys = minard.curve:main",
         ],
     },
 )

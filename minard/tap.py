@@ -162,11 +162,45 @@ def writable_file(text):
     return text
 
 
+def yes_no(text):
+    """'yes'/'no' (also true/false, 1/0, on/off) -> bool."""
+    value = str(text).strip().lower()
+    if value in ("yes", "true", "1", "on"):
+        return True
+    if value in ("no", "false", "0", "off"):
+        return False
+    raise OptionError("must be yes or no")
+
+
+def key_directory(text):
+    """A directory of CURVE public key files (*.key, see minard/curve.py)."""
+    if not text or not os.path.isdir(text):
+        raise OptionError("no such directory: %s" % (text,))
+    return text
+
+
 def directory(text):
     if not text:
         raise OptionError("must be a directory")
     return text
 
+
+#: ZeroMQ CURVE keys of a binding role (minard/curve.py) and of a connecting role.
+CURVE_SERVER = [
+    ("curve-secret", None, existing_file, "CURVE key pair of this end (NAME.key_secret "
+     "made by minard-keys); with --curve-allowed the links are authenticated and encrypted"),
+    ("curve-allowed", None, key_directory, "directory of the public keys (NAME.key) of the "
+     "workers allowed to connect"),
+    ("plaintext-beyond-loopback", "no", yes_no, "yes: bind a plain-text link beyond "
+     "loopback on purpose (refused otherwise)"),
+]
+CURVE_CLIENT = [
+    ("curve-secret", None, existing_file, "CURVE key pair of this worker (NAME.key_secret "
+     "made by minard-keys); with --curve-server-key the link is authenticated and encrypted"),
+    ("curve-server-key", None, existing_file, "public key (NAME.key) of the binding end"),
+    ("plaintext-beyond-loopback", "no", yes_no, "yes: connect a plain-text link beyond "
+     "loopback on purpose (refused otherwise)"),
+]
 
 # -- the options of each role -----------------------------------------------------------
 # (name, default, checker, help). A default of None means "optional, absent".
@@ -188,11 +222,11 @@ ROLES = {
          "reconnect when no record came for this many seconds (a stopped detector sends "
          "none: then one reconnection per period; 0: off, TCP keepalive still notices a "
          "dead host)"),
-    ],
+    ] + CURVE_SERVER,
     "dispatch-pull": [
         ("zmq", C.EVENTS_ZMQ, zmq_endpoint, "ZeroMQ PULL endpoint to connect to"),
         ("name", "dispatch-pull-0", name_without_spaces, "worker name (heartbeat, stats)"),
-    ],
+    ] + CURVE_CLIENT,
     "data-producer": [
         ("host", "127.0.0.1", plain_text, "data server host"),
         ("port", str(C.DATA_SERVER_PORT), port_number, "data server port"),
@@ -200,11 +234,11 @@ ROLES = {
         ("base-zmq", C.BASE_ZMQ, zmq_endpoint, "ZeroMQ PUSH endpoint for BASE records"),
         ("idle-timeout", "%g" % C.DATA_SERVER_SILENCE, timeout_seconds,
          "reconnect when no CMOS or BASE record came for this many seconds (0: off)"),
-    ],
+    ] + CURVE_SERVER,
     "data-consumer": [
         ("port", "5557", port_number, "pull from tcp://127.0.0.1:PORT (5557 CMOS, 5558 BASE)"),
         ("zmq", None, zmq_endpoint, "ZeroMQ PULL endpoint (overrides --port)"),
-    ],
+    ] + CURVE_CLIENT,
     "web": [
         ("listen", "tcp:8080", server_endpoint, "Twisted endpoint to serve on"),
         ("log-dir", "/var/log/snoplus", directory, "directory of the DAQ programs' logs"),

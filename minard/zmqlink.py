@@ -49,15 +49,24 @@ def factory():
     return _factory
 
 
+def _open(connection, address, bind, keys):
+    """Create the socket, give it its CURVE keys (minard/curve.py ServerKeys or
+    ClientKeys; None: plain text) before it binds or connects, then bind/connect."""
+    ZmqConnection.__init__(connection, factory())
+    if keys is not None:
+        keys.apply(connection.socket)
+    connection.addEndpoints([ZmqEndpoint("bind" if bind else "connect", address)])
+
+
 class PushLink(ZmqConnection):
-    """A bound PUSH socket. send(frames) -> True if queued, False if the HWM is reached."""
+    """A bound PUSH socket. send(frames) -> True if queued, False if the HWM is reached.
+    keys: CURVE keys of this end (curve.ServerKeys when bound), None for plain text."""
 
     socketType = constants.PUSH
 
-    def __init__(self, address, hwm=DEFAULT_HWM, bind=True):
+    def __init__(self, address, hwm=DEFAULT_HWM, bind=True, keys=None):
         self.highWaterMark = hwm
-        ZmqConnection.__init__(self, factory(),
-                               ZmqEndpoint("bind" if bind else "connect", address))
+        _open(self, address, bind, keys)
 
     def send(self, frames):
         sock = self.socket
@@ -76,17 +85,18 @@ class PushLink(ZmqConnection):
 
 
 class PullLink(ZmqConnection):
-    """A connected PULL socket calling on_message(frames) for each message."""
+    """A connected PULL socket calling on_message(frames) for each message.
+    keys: CURVE keys of this end (curve.ClientKeys when connecting), None for plain text."""
 
     socketType = constants.PULL
 
-    def __init__(self, address, on_message, hwm=DEFAULT_HWM, bind=False, reactor=None):
+    def __init__(self, address, on_message, hwm=DEFAULT_HWM, bind=False, reactor=None,
+                 keys=None):
         self.highWaterMark = hwm
         self.on_message = on_message
         self._reactor = reactor or global_reactor
         self._more = None
-        ZmqConnection.__init__(self, factory(),
-                               ZmqEndpoint("bind" if bind else "connect", address))
+        _open(self, address, bind, keys)
 
     def doRead(self):
         if self.read_scheduled is not None:

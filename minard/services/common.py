@@ -93,6 +93,8 @@ class ZmqWorker(Service):
     #: The wall clock (unix seconds) for stamps and buckets; None: the scheduling clock's
     #: seconds (tests drive both with one task.Clock). minard/clock.py.
     wall = None
+    #: CURVE keys of this worker's link (minard/curve.py ClientKeys); None: plain text.
+    link_keys = None
 
     def wall_time(self):
         return (self.wall or self.clock.seconds)()

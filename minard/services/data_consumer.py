@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from twisted.internet import defer, task
 
-from minard import constants as C, zmqlink
+from minard import constants as C, curve, zmqlink
 from minard.clock import wall as wall_clock
 from minard.services.common import ProcessBase, ZmqWorker
 from minard.stats import CorruptionLog
@@ -131,7 +131,9 @@ class DataConsumer(ZmqWorker):
     # -- receiving -------------------------------------------------------------------
 
     def make_link(self):
-        return self.link_factory(self.address, self.on_message)
+        if self.link_keys is None:
+            return self.link_factory(self.address, self.on_message)
+        return self.link_factory(self.address, self.on_message, keys=self.link_keys)
 
     def on_message(self, frames):
         ZmqWorker.on_message(self, frames)
@@ -373,6 +375,7 @@ def make_service(options, reactor):
                             base.stats, reactor,
                             state_redis=connect(options["redis"], reply_timeout=None))
     consumer.wall = wall_clock
+    consumer.link_keys = curve.link_keys(options, "client", [address_for(options)])
     base.status = lambda: status_of(consumer)
     consumer.setServiceParent(base.service)
     return base.service

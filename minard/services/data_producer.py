@@ -15,7 +15,7 @@ from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.logger import Logger
 
-from minard import constants as C, zmqlink
+from minard import constants as C, curve, zmqlink
 from minard.ingest.dataserver import DataServerClientFactory, client_service
 from minard.services.common import ProcessBase
 from minard.services.dispatch_push import Forwarder
@@ -27,6 +27,8 @@ KINDS = {C.RECORD_CMOS: "cmos", C.RECORD_BASE: "base"}
 class DataProducer(Service):
     """Receives records from the data-server client and forwards them by kind."""
 
+    #: CURVE keys of the bound links (minard/curve.py ServerKeys); None: plain text.
+    link_keys = None
     log = Logger()
 
     def __init__(self, options, clock, stats, links=None, now_ns=time.time_ns):
@@ -43,7 +45,7 @@ class DataProducer(Service):
         Service.startService(self)
         for kind, address in self.addresses.items():
             if kind not in self.links:
-                self.links[kind] = zmqlink.PushLink(address)
+                self.links[kind] = zmqlink.PushLink(address, keys=self.link_keys)
             forwarder = Forwarder(self.links[kind], self.stats, self.clock, now_ns=self.now_ns)
             self.forwarders[kind] = forwarder
 
@@ -98,6 +100,8 @@ class DataProducer(Service):
 def make_service(options, reactor):
     base = ProcessBase(options, "data-producer", heartbeat_name="minard-data-producer")
     producer = DataProducer(options, reactor, base.stats)
+    producer.link_keys = curve.link_keys(options, "server", list(producer.addresses.values()),
+                                         base.stats, reactor, "data-producer")
     base.status = producer.status
     producer.setServiceParent(base.service)
     factory = DataServerClientFactory(
