@@ -123,16 +123,14 @@ def zmq_endpoint(text):
 
 
 def redis_url(text):
-    parts = urlsplit(text or "")
-    if parts.scheme != "redis":  # connect() speaks TCP only: a unix: URL would be ignored
-        raise OptionError("must be a URL like redis://:password@127.0.0.1:6379/0")
+    """redis://[[user]:password@]host[:port][/db], or rediss://…?ca=FILE[&cert=F&key=F]
+    for TLS (minard/store/connection.py parse_redis_url). A unix: URL would be ignored
+    by connect(), which speaks TCP only: it is refused."""
+    from minard.store.connection import RedisURLError, parse_redis_url
     try:
-        parts.port
-    except ValueError:
-        raise OptionError("has a bad port")
-    db = parts.path.lstrip("/")
-    if parts.scheme == "redis" and db and not db.isdigit():
-        raise OptionError("database must be a number, e.g. redis://127.0.0.1:6379/0")
+        parse_redis_url(text or "")
+    except RedisURLError as e:
+        raise OptionError(str(e))
     return text
 
 

@@ -21,9 +21,10 @@ def free_port():
 class RedisServer:
     """A real redis-server on a free port in a temporary directory."""
 
-    def __init__(self, password=None):
+    def __init__(self, password=None, extra_args=()):
         self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.password = password
+        self.extra_args = list(extra_args)  # e.g. --tls-port ..., --aclfile ...
         self.port = None
         self.process = None
         self.directory = None
@@ -43,6 +44,7 @@ class RedisServer:
                 "--daemonize", "no", "--loglevel", "warning"]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         deadline = time.time() + 10

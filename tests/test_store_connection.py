@@ -20,10 +20,26 @@ def retried(call, *args, seconds=20):
 
 class ParseTests(unittest.TestCase):
     def test_url(self):
+        plain = {"username": None, "tls": False, "ca": None, "cert": None, "key": None}
         self.assertEqual(parse_redis_url("redis://:s%40cret@host:6380/2"),
-                         {"host": "host", "port": 6380, "db": 2, "password": "s@cret"})
+                         dict(plain, host="host", port=6380, db=2, password="s@cret"))
         self.assertEqual(parse_redis_url("redis://127.0.0.1"),
-                         {"host": "127.0.0.1", "port": 6379, "db": 0, "password": None})
+                         dict(plain, host="127.0.0.1", port=6379, db=0, password=None))
+        self.assertEqual(parse_redis_url("redis://web:pw@h/1")["username"], "web")
+
+    def test_tls_url(self):
+        import tempfile
+        ca = tempfile.NamedTemporaryFile(suffix=".crt")
+        p = parse_redis_url("rediss://web:pw@db1:6380/0?ca=%s" % ca.name)
+        self.assertEqual((p["tls"], p["ca"], p["cert"], p["username"]), (True, ca.name, None, "web"))
+        from minard.store.connection import RedisURLError
+        for bad in ("redis://h/0?ca=%s" % ca.name,            # parameters only with TLS
+                    "rediss://h/0?ca=/no/such/file",
+                    "rediss://h/0?cert=%s" % ca.name,          # cert without key
+                    "rediss://h/0?pem=%s" % ca.name,
+                    "unix:///tmp/redis.sock", "http://x", "redis://h/x", "redis://h:99999"):
+            with self.assertRaises(RedisURLError, msg=bad):
+                parse_redis_url(bad)
 
 
 class ReconnectTests(unittest.TestCase):

@@ -7,7 +7,8 @@ reconnection without limit (a known txredisapi behaviour); here it fails with
 sent. A sent command waits for its reply at most the reply timeout (txredisapi's
 TimeoutError).
 """
-from urllib.parse import unquote, urlsplit
+import os
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
 from twisted.internet import defer, endpoints, reactor
@@ -55,16 +56,82 @@ class DeadlineHandler(txredisapi.ConnectionHandler):
         return bounded
 
 
+#: The query parameters of a rediss:// URL: files of the CA that signed the server's
+#: certificate, and of this client's certificate and key (when Redis asks for one).
+TLS_PARAMETERS = ("ca", "cert", "key")
+
+
+class RedisURLError(ValueError):
+    """A Redis URL minard cannot use; str() is the one-line reason."""
+
+
 def parse_redis_url(url):
-    """redis://[:password@]host[:port][/db] -> dict of host, port, db, password."""
+    """A Redis URL -> dict of host, port, db, username, password, tls, ca, cert, key.
+
+    `redis://[[user]:password@]host[:port][/db]` is plain TCP; `rediss://...` is TLS,
+    with `?ca=FILE` (the CA that signed Redis's certificate; default: the system's
+    trusted roots) and, when Redis requires client certificates, `&cert=FILE&key=FILE`.
+    The server's certificate must name the host of the URL. A user name selects a
+    Redis ACL user (AUTH user password), none the default user. Raises RedisURLError.
+    """
     parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise RedisURLError("must be a URL like redis://:password@127.0.0.1:6379/0 "
+                            "(rediss:// for TLS)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise RedisURLError("has a bad port")
     db = parts.path.lstrip("/")
-    return {
+    if db and not db.isdigit():
+        raise RedisURLError("database must be a number, e.g. redis://127.0.0.1:6379/0")
+    query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+    tls = parts.scheme == "rediss"
+    for name, values in query.items():
+        if not tls:
+            raise RedisURLError("has parameters (%s): only a rediss:// (TLS) URL takes "
+                                "ca, cert and key" % name)
+        if name not in TLS_PARAMETERS or len(values) != 1 or not values[0]:
+            raise RedisURLError("parameter %r: a rediss:// URL takes ca=FILE, cert=FILE, "
+                                "key=FILE" % name)
+    files = {name: query[name][0] if name in query else None for name in TLS_PARAMETERS}
+    if (files["cert"] is None) != (files["key"] is None):
+        raise RedisURLError("cert and key go together")
+    for name, path in files.items():
+        if path is not None and not os.path.isfile(path):
+            raise RedisURLError("%s: no such file: %s" % (name, path))
+    return dict({
         "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 6379,
+        "port": port or 6379,
         "db": int(db) if db else 0,
+        "username": unquote(parts.username) if parts.username else None,
         "password": unquote(parts.password) if parts.password else None,
-    }
+        "tls": tls,
+    }, **files)
+
+
+def tls_options(p):
+    """Twisted client TLS options of a parsed rediss:// URL: the server's certificate is
+    checked against the CA file (else the system's roots) and must name p["host"]."""
+    from twisted.internet import ssl
+
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    trust = ssl.Certificate.loadPEM(read(p["ca"])) if p["ca"] else None
+    client = None
+    if p["cert"]:
+        client = ssl.PrivateCertificate.loadPEM(read(p["cert"]) + b"\n" + read(p["key"]))
+    return ssl.optionsForClientTLS(p["host"], trustRoot=trust, clientCertificate=client)
+
+
+def redis_endpoint(p, reactor=reactor):
+    """The client endpoint of a parsed Redis URL: TCP, wrapped in TLS for rediss://."""
+    tcp = endpoints.HostnameEndpoint(reactor, p["host"], p["port"], timeout=CONNECT_TIMEOUT)
+    if not p["tls"]:
+        return tcp
+    return endpoints.wrapClientTLS(tls_options(p), tcp)
 
 
 class KeepTryingFactory(txredisapi.RedisFactory):
@@ -106,9 +173,8 @@ def connect(url, reply_timeout=REPLY_TIMEOUT, connect_wait=CONNECT_WAIT):
     Handler.connect_wait = connect_wait
     factory = KeepTryingFactory(
         "%s:%d" % (p["host"], p["port"]), p["db"] or None, 1, isLazy=True,
-        handler=Handler, charset="utf-8", password=p["password"],
+        handler=Handler, charset="utf-8", password=p["password"], username=p["username"],
         replyTimeout=reply_timeout, convertNumbers=False)
     factory.reconnect = True
-    factory.startConnecting(endpoints.HostnameEndpoint(
-        reactor, p["host"], p["port"], timeout=CONNECT_TIMEOUT))
+    factory.startConnecting(redis_endpoint(p))
     return factory.handler

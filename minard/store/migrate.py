@@ -331,8 +331,8 @@ def _redacted(url):
 
 
 def check_url(url):
-    """The parts of a redis:// URL; MigrateError when it is not one."""
-    if not url.startswith("redis://"):
+    """The parts of a redis:// or rediss:// URL; MigrateError when it is not one."""
+    if not url.startswith(("redis://", "rediss://")):
         raise MigrateError("--redis: %r is not a redis:// URL" % (_redacted(url),))
     try:
         return parse_redis_url(url)
