@@ -146,7 +146,12 @@ class ACLUserTests(unittest.TestCase):
         with self.assertRaises(Exception) as e:
             yield client.set("minard:x", "2")
         self.assertIn("NOPERM", str(e.exception))
-        wrong = connect("redis://reader:wrong@127.0.0.1:%d/0" % redis.port, connect_wait=1.0)
+        from minard.stats import Stats
+        from tests.support import wait_for
+        stats = Stats("web")
+        wrong = connect("redis://reader:wrong@127.0.0.1:%d/0" % redis.port, connect_wait=1.0,
+                        stats=stats)
         self.addCleanup(wrong.disconnect)
         with self.assertRaises(Exception):
             yield wrong.get("minard:x")
+        yield wait_for(lambda: stats.counters.get("redis_auth_refused", 0) > 0, timeout=5)

@@ -59,8 +59,8 @@ class ProcessBase:
         self.service = ProcessService()
         self.stats = Stats(process)
         if redis is None:
-            redis = connect(options["redis"]) if reply_timeout is None else \
-                connect(options["redis"], reply_timeout=reply_timeout)
+            redis = connect(options["redis"], stats=self.stats) if reply_timeout is None \
+                else connect(options["redis"], reply_timeout=reply_timeout, stats=self.stats)
         self.redis = redis
         publisher = StatsPublisher(self.stats, self.redis)
         publisher.setServiceParent(self.service)

@@ -134,6 +134,10 @@ def redis_endpoint(p, reactor=reactor):
     return endpoints.wrapClientTLS(tls_options(p), tcp)
 
 
+#: Words of Redis's answers to a refused AUTH (a wrong password or user, Redis 6+).
+AUTH_REFUSED = ("WRONGPASS", "NOAUTH", "invalid password", "invalid username")
+
+
 class KeepTryingFactory(txredisapi.RedisFactory):
     """txredisapi gives up reconnecting for good when AUTH or SELECT fails on a fresh
     connection, and leaves the failure unhandled. A restarting Redis does exactly that
@@ -152,18 +156,27 @@ class KeepTryingFactory(txredisapi.RedisFactory):
             return txredisapi.RedisFactory.stopTrying(self)
         return defer.succeed(None)
 
+    #: minard.stats.Stats of the process (or None): refused connections are counted
+    stats = None
+
     def connectionError(self, why):
+        text = str(why)
+        if self.stats is not None:
+            self.stats.incr("redis_connect_errors")
+            if any(word in text for word in AUTH_REFUSED):
+                self.stats.incr("redis_auth_refused")
         self.log.warn("Redis {uuid}: {why}; retrying", uuid=self.uuid, why=why)
 
 
-def connect(url, reply_timeout=REPLY_TIMEOUT, connect_wait=CONNECT_WAIT):
+def connect(url, reply_timeout=REPLY_TIMEOUT, connect_wait=CONNECT_WAIT, stats=None):
     """A lazy, self-reconnecting txredisapi connection (the handler).
 
     A command waits at most `connect_wait` s for a connection and `reply_timeout` s for
     its reply, then fails (RedisUnavailable, TimeoutError): callers keep their data and
     retry. reply_timeout=None: the command waits for its reply as long as Redis takes
     (for scripts that must not be retried blindly), but never for a connection longer
-    than connect_wait.
+    than connect_wait. stats: the process's Stats, which count `redis_connect_errors`
+    and, among them, `redis_auth_refused` (a wrong user or password).
     """
     p = parse_redis_url(url)
 
@@ -176,5 +189,6 @@ def connect(url, reply_timeout=REPLY_TIMEOUT, connect_wait=CONNECT_WAIT):
         handler=Handler, charset="utf-8", password=p["password"], username=p["username"],
         replyTimeout=reply_timeout, convertNumbers=False)
     factory.reconnect = True
+    factory.stats = stats
     factory.startConnecting(redis_endpoint(p))
     return factory.handler
