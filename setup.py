@@ -7,7 +7,8 @@ setup(
     description="SNO+ online monitoring: event pipeline, data stream, dashboard, logging server",
     packages=find_packages(include=["minard", "minard.*"]) + ["twisted.plugins"],
     package_data={
-        "minard": ["web/templates/*.html", "static/*", "static/*/*", "static/*/*/*", "store/*.lua"],
+        "minard": ["web/templates/*.html", "static/*", "static/*/*", "static/*/*/*", "store/*.lua",
+                   "deploy/templates/*", "deploy/templates/*/*"],
         "twisted": ["plugins/minard_plugin.py"],
     },
     include_package_data=True,
@@ -32,6 +33,8 @@ setup(
             "minard-passwd = minard.auth:main",
             "minard-migrate-store = minard.store.migrate:main",
             "minard-keys = minard.curve:main",
+            "minard-redis-acl = minard.store.acl:main",
+            "minard-deploy = minard.deploy.cli:entry_point",
         ],
     },
 )

@@ -8,12 +8,21 @@ private redis-server. At the end the TOTAL counts in Redis are compared with wha
     .venv/bin/python bench/bench_pipeline.py --rate 250000 --seconds 60 --workers 1
     .venv/bin/python bench/bench_pipeline.py --rate 0 --seconds 20      # as fast as possible
     .venv/bin/python bench/bench_pipeline.py --ladder --seconds 10     # rates x 1, 2, 4 workers
+    .venv/bin/python bench/bench_pipeline.py --tree /tmp/base          # roles of another checkout
 
 Prints events/s offered, taken and counted, the loss, how long after its end each second
 is visible in the web site's /metric (p50, p99), CPU per event and peak memory per process.
 Back-pressure: when the pipeline cannot take the offered rate, push stops reading and the
 sender is slowed by TCP (a real dispatcher with a `w` subscription would drop for us):
 the "in" rate then falls below the target, which is where the ladder stops.
+
+The records carry everything the pull workers derive besides the trigger sums (issue
+13): both MTC clocks advancing with the events (4 µs apart), the polling flag on 1 % of
+them, FEC/D hits (crate 17, card 15 is among the random channels), events with trigger
+word 0, and a run header (RHDR) first. The 20,000 records are sent again and again, so
+every 20,000 events the gtid and the clocks start over: a clock jump, each time.
+--tree runs the roles from another checkout (e.g. `git worktree add /tmp/base HEAD`), with
+the same records: the figures of two versions side by side.
 """
 import argparse
 import json
@@ -33,23 +42,32 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from minard.wire.controlhost import CASPUR  # noqa: E402
-from minard.wire.sno import pmt_records_fast  # noqa: E402
+from minard.wire.sno import pmt_records_fast, rhdr_record  # noqa: E402
+from tests import support  # noqa: E402
 from tests.support import RedisServer, RoleProcess, SyncRedis, free_port  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def build_frames(n, mean_nhit, seed=3):
-    """n distinct RAWDATA frames (one buffer) and their events' TOTAL count."""
+    """n distinct RAWDATA frames: PMT records with clocks, polling flags, FEC/D hits."""
     rng = np.random.default_rng(seed)
     nhit = rng.poisson(mean_nhit, n)
     total = int(nhit.sum())
     channels = rng.integers(0, 19 * 512, total)
     qhs = rng.integers(0, 2048, total)
     trig = rng.choice([0x9, 0x18, 0x400, 0x1000, 0x49, 0], n)
-    records = pmt_records_fast(1, 0, np.arange(n), trig, channels, qhs, nhit)
+    ticks = np.arange(n, dtype=np.int64) * 40  # 4 µs apart: 40 ticks of 10 MHz
+    records = pmt_records_fast(1, 0, np.arange(1, n + 1), trig, channels, qhs, nhit,
+                               clock10=ticks + 10 ** 12, clock50=5 * ticks + 10 ** 11,
+                               polling=rng.random(n) < 0.01)
     frames = [CASPUR.frame("RAWDATA", r) for r in records]
     return frames
+
+
+def run_header_frame():
+    return CASPUR.frame("RECHDR", rhdr_record(1, run_mask=1 << 2, crate_mask=0x7FFFF,
+                                              first_gtid=1, valid_gtid=1))
 
 
 def sender(port, rate, seconds, mean_nhit, result):
@@ -67,6 +85,7 @@ def sender(port, rate, seconds, mean_nhit, result):
     while handshake.count(b"MyId") == 0:
         handshake += conn.recv(4096)
     result["handshake"] = handshake
+    conn.sendall(run_header_frame())
     sent = 0
     start = time.perf_counter()
     i = 0
@@ -240,11 +259,14 @@ def main():
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--nhit", type=float, default=30)
+    parser.add_argument("--tree", default=REPO, help="run the roles from this checkout")
     parser.add_argument("--ladder", action="store_true",
                         help="rates 50k, 100k, 200k, ... with 1, 2 and 4 workers, each until "
                              "the pipeline no longer takes the offered rate")
     args = parser.parse_args()
+    support.REPO = os.path.abspath(args.tree)  # RoleProcess runs the roles from there
     print("command: %s" % " ".join(["python"] + sys.argv))
+    print("roles from: %s" % support.REPO)
     print("machine: %d cores, %s, %s" % (os.cpu_count(), os.uname().release, platform.processor()
                                          or platform.machine()))
     if not args.ladder:

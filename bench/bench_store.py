@@ -1026,6 +1026,9 @@ def main():
     parser.add_argument("--chan-sample", type=int, default=200,
                         help="finalised keys per name measured with MEMORY USAGE (default 200)")
     parser.add_argument("--json", metavar="FILE", help="write the figures to FILE")
+    parser.add_argument("--pulls", type=int, default=PULL_WORKERS, metavar="N",
+                        help="dispatch-pull workers (default %d): Redis time per worker "
+                             "for the scaling projection" % PULL_WORKERS)
     parser.add_argument("--redis-nice", type=int, default=None, metavar="N",
                         help="run redis-server at this nice value (e.g. -10, as root): what "
                              "a production host gives the one process every role waits on")
@@ -1034,6 +1037,9 @@ def main():
     args = parser.parse_args()
     global REDIS_NICE
     REDIS_NICE = args.redis_nice
+    if not 1 <= args.pulls <= 64:
+        parser.error("--pulls: 1 to 64 workers")
+    globals()["PULL_WORKERS"] = args.pulls  # read by System.start and the log line
     try:
         rates = [float(x) for x in args.rates.split(",") if x.strip()]
     except ValueError:

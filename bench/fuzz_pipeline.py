@@ -19,10 +19,13 @@ private redis-server, with real 'PMT ' records of which a fraction are damaged:
     cut           the dispatcher dies in the middle of a frame -> partial_frames_dropped
     junk_tag      a frame with a tag nobody subscribed to  -> ignored_frames
 
-Every record sent is classified here, independently of minard, by the rules of SPEC §2.2-2.3
-(header, 'PMT ' id, 44 + 12·NPmtHit bytes, crate < 20). At the end the run checks that both
-kinds of process are alive and that minard's counters equal the expected ones exactly:
-every corrupt record counted under its kind, every event in Redis, nothing else.
+Every record sent is classified here, independently of minard, by the rules of SPEC
+§2.2-2.3a (header, 'PMT ' id, 44 + 12·NPmtHit bytes, crate < 20; an orphan — trigger word
+0 and gtid 0 — is no event; the FEC/D's hits, crate 17 card 15, are not in nhit; an
+'RHDR' needs its 18 words). The pool holds orphans, FEC/D hits and run headers (some too
+short). At the end the run checks that both kinds of process are alive and that minard's
+counters equal the expected ones exactly: every corrupt record counted under its kind,
+every event, orphan hit and FEC/D hit in Redis, nothing else.
 
     .venv/bin/python bench/fuzz_pipeline.py --seconds 180
     .venv/bin/python bench/fuzz_pipeline.py --seconds 30 --rate 20000 --workers 3 --seed 7
@@ -50,40 +53,60 @@ RHDR_ID = 0x52484452
 RECORD_KINDS = ["truncate", "flip", "nhit_lie", "nhit_shrink", "crate_lie", "tail", "garbage"]
 STREAM_KINDS = ["size_lie", "cut", "junk_tag"]
 #: The pull workers' per-record corrupt kinds (minard:stats:<pull> corrupt_<kind>).
-DETECTED = ["short_header", "pmt_short", "pmt_truncated"]
+DETECTED = ["short_header", "pmt_short", "pmt_truncated", "rhdr_short"]
+FECD = {4: "N16", 17: "20LB", 19: "20", 28: "100L", 29: "100M", 31: "100H"}
 
 
 # -- an independent reading of SPEC §2.2-2.3 -----------------------------------------------
 
 def classify(record):
-    """(kind, nhit, bad_crate_hits): kind is 'event', 'other' or a corrupt kind."""
+    """(kind, nhit, bad_crate_hits, {FEC/D field: hits}): kind is 'event', 'orphan',
+    'run_header', 'other' or a corrupt kind; nhit leaves the FEC/D's hits out."""
     if len(record) < 12:
-        return "short_header", 0, 0
-    if struct.unpack_from(">I", record, 0)[0] != PMT_ID:
-        return "other", 0, 0
+        return "short_header", 0, 0, {}
+    rid = struct.unpack_from(">I", record, 0)[0]
+    if rid == RHDR_ID:
+        return ("run_header" if len(record) >= 12 + 72 else "rhdr_short"), 0, 0, {}
+    if rid != PMT_ID:
+        return "other", 0, 0, {}
     if len(record) < 56:
-        return "pmt_short", 0, 0
-    nhit = struct.unpack_from(">H", record, 26)[0]
-    if len(record) < 56 + 12 * nhit:
-        return "pmt_truncated", 0, 0
-    bad = 0
-    for i in range(nhit):
+        return "pmt_short", 0, 0, {}
+    hits = struct.unpack_from(">H", record, 26)[0]
+    if len(record) < 56 + 12 * hits:
+        return "pmt_truncated", 0, 0, {}
+    bad, nhit, fecd = 0, 0, {}
+    for i in range(hits):
         word1 = struct.unpack_from(">I", record, 56 + 12 * i)[0]
-        if (word1 >> 21) & 0x1F >= 20:
+        crate, card, channel = (word1 >> 21) & 0x1F, (word1 >> 26) & 0xF, (word1 >> 16) & 0x1F
+        if crate >= 20:
             bad += 1
-    return "event", nhit, bad
+        if (crate, card) == (17, 15):
+            if channel in FECD:
+                fecd[FECD[channel]] = fecd.get(FECD[channel], 0) + 1
+        else:
+            nhit += 1
+    w3, w4 = struct.unpack_from(">II", record, 44)
+    orphan = (w3 & 0xFFFFFF) == 0 and ((w3 >> 24) | (w4 & 0x7FFFF) << 8) == 0
+    return ("orphan" if orphan else "event"), nhit, bad, fecd
 
 
 # -- records and their mutations ------------------------------------------------------------
 
 def real_records(rng, n):
-    """Records as the detector writes them: random run/gtid/trigger, 0-60 hits."""
+    """Records as the detector writes them: random run/gtid/trigger, 0-60 hits, FEC/D
+    hits in a third of them, orphans (trigger word 0, gtid 0) and polling flags."""
     out = []
     for i in range(n):
         hits = [(rng.randrange(19), rng.randrange(16), rng.randrange(32), rng.randrange(2048))
                 for _ in range(rng.choice([0, 1, 3, 10, 25, 60]))]
-        out.append(pmt_record(rng.randrange(1 << 20), i, rng.randrange(1 << 27), hits,
-                              subrun=rng.randrange(100)))
+        if rng.random() < 0.3:
+            hits += [(17, 15, ch, rng.randrange(2048)) for ch in FECD if rng.random() < 0.5]
+        gtid, trig = i + 1, rng.randrange(1 << 27)
+        if rng.random() < 0.03:
+            gtid, trig = 0, 0
+        out.append(pmt_record(rng.randrange(1 << 20), gtid, trig, hits,
+                              subrun=rng.randrange(100), clock10=rng.randrange(1 << 53),
+                              clock50=rng.randrange(1 << 43), polling=rng.random() < 0.05))
     return out
 
 
@@ -125,6 +148,8 @@ class Expected:
         self.records = 0          # RAWDATA/RECHDR frames delivered whole
         self.kinds = {}           # classify() kind -> records
         self.nhit = 0
+        self.orphan_hits = 0
+        self.fecd = {}
         self.bad_crate = 0
         self.mutations = {}       # mutation kind -> times sent
         self.corrupt_stream = 0
@@ -132,10 +157,15 @@ class Expected:
         self.ignored = 0
 
     def record(self, record):
-        kind, nhit, bad = classify(record)
+        kind, nhit, bad, fecd = classify(record)
         self.records += 1
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
-        self.nhit += nhit
+        if kind == "event":
+            self.nhit += nhit
+        elif kind == "orphan":
+            self.orphan_hits += nhit
+        for field, n in fecd.items():
+            self.fecd[field] = self.fecd.get(field, 0) + n
         self.bad_crate += bad
 
     def mutated(self, kind):
@@ -192,7 +222,8 @@ class Dispatcher:
 def stream(args, dispatcher, expected, processes, log):
     rng = random.Random(args.seed)
     pool = real_records(rng, 2000)
-    rhdr = struct.pack(">III", RHDR_ID, 20, 0) + bytes(20)
+    rhdr = struct.pack(">III", RHDR_ID, 72, 0) + struct.pack(">18I", *range(18))
+    short_rhdr = rhdr[:rng.randrange(12, len(rhdr))]
     chunk = max(1, args.rate // 50)     # frames per 20 ms
     start = time.time()
     sent = 0
@@ -208,8 +239,9 @@ def stream(args, dispatcher, expected, processes, log):
                 record = mutate(rng, record, kind)
                 expected.mutated(kind)
             elif rng.random() < 0.01:
-                frames.append(CASPUR.frame("RECHDR", rhdr))
-                expected.record(rhdr)
+                header = rhdr if rng.random() < 0.8 else short_rhdr
+                frames.append(CASPUR.frame("RECHDR", header))
+                expected.record(header)
             frames.append(CASPUR.frame("RAWDATA", record))
             expected.record(record)
             if rng.random() < args.junk_tags:
@@ -256,7 +288,8 @@ def stats_of(sync, name):
 def stored_total(sync, field="TOTAL", suffix="trig"):
     total = 0
     for key in sync.command("KEYS", "ts:1:*:" + suffix):
-        total += int(sync.command("HGET", key, field) or 0)
+        value = sync.command("HGET", key, field) if field else sync.command("GET", key)
+        total += int(value or 0)
     return total
 
 
@@ -330,6 +363,8 @@ def main(argv=None):
             ("push: dropped_records", 0, int(push_stats.get("dropped_records", 0))),
             ("pull: records received", expected.records, pulled("records")),
             ("pull: events", events, pulled("events")),
+            ("pull: orphans", expected.kinds.get("orphan", 0), pulled("orphans")),
+            ("pull: run_headers", expected.kinds.get("run_header", 0), pulled("run_headers")),
             ("pull: other_records", expected.kinds.get("other", 0), pulled("other_records")),
         ]
         rows += [("pull: corrupt_" + kind, expected.kinds.get(kind, 0),
@@ -340,7 +375,11 @@ def main(argv=None):
             ("pull: dropped_events", 0, pulled("dropped_events")),
             ("redis: TOTAL", events, stored_total(sync)),
             ("redis: TOTAL nhit", expected.nhit, stored_total(sync, suffix="trig:nhit")),
+            ("redis: DISPATCH_ORPHANS", expected.orphan_hits,
+             stored_total(sync, None, "DISPATCH_ORPHANS")),
         ]
+        rows += [("redis: trig:fecd " + f, expected.fecd.get(f, 0),
+                  stored_total(sync, f, "trig:fecd")) for f in sorted(FECD.values())]
         corrupt_sent = sum(expected.kinds.get(k, 0) for k in DETECTED)
         log("")
         log("sent %d frames in %.0f s over %d connections; damage applied: %s"

@@ -29,6 +29,71 @@ OWL_CHANNELS = tuple(
     crate << 9 | 15 << 5 | ch for crate in (3, 13, 18) for ch in range(16, 32)
 )
 
+#: The crates installed in SNO+: 0-18. Crate 19 exists in the channel numbering (and in
+#: the per-channel arrays) but not in the detector: the pages draw it "not installed".
+INSTALLED_CRATES = tuple(range(19))
+#: (crate, card) of the trigger-sum card FEC/D: its channels carry trigger sums, not PMTs
+#: (SPEC §3); channel health never judges them.
+TRIGGER_SUM_CARD = (17, 15)
+
+# -- what later SNO+ monitoring derived from the event stream (issue 13; SPEC §2.3a, §3) --
+#: The FEC/D's channels counted per second in `trig:fecd`: (field, channel).
+FECD_CHANNELS = (("N16", 4), ("20LB", 17), ("20", 19), ("100L", 28), ("100M", 29),
+                 ("100H", 31))
+#: MTC word 5 bit 29 (Unused1) marks front-end polling.
+POLLING_BIT = 29
+#: Event types beyond the 27 trigger bits, as fields of trig / trig:nhit / trig:charge
+#: and of the per-type data: polling events, and events with trigger word 0 and a gtid.
+POLLING = "polling"
+NO_TRIGGER = "NONE"
+#: Every event type: the trigger names (bits 0-26), then polling (27) and NONE (28).
+EVENT_TYPES = TRIGGERS + (POLLING, NO_TRIGGER)
+#: MTC clocks: 10 MHz count of 53 bits (100 ns ticks), 50 MHz count of 43 bits (20 ns).
+CLOCK10_BITS, CLOCK10_NS = 53, 100
+CLOCK50_BITS, CLOCK50_NS = 43, 20
+GTID_BITS = 24
+#: Clock jumps (aggregate/clockjumps.py): the clocks may disagree by this many ns plus
+#: this many ppm of the time between the events ([clock-jumps] of the pull workers' INI).
+CLOCK_JUMP_TOLERANCE_NS = 1000
+CLOCK_JUMP_TOLERANCE_PPM = 100
+#: Events further apart than this in receipt time are not compared (s: the stream paused).
+CLOCK_PAIR_WINDOW = 60
+#: A jump within this many seconds of the previous one belongs to the same burst: one
+#: alarm per burst.
+CLOCK_JUMP_BURST = 60
+#: Jumps kept in the list (newest first), and listed per worker and second at most (all
+#: of them are counted in the per-second series).
+CLOCK_JUMPS_KEPT = 1000
+CLOCK_JUMP_DETAILS = 20
+#: Loose ends (a batch's first and last event) are paired this many seconds after every
+#: pull worker has passed them (a batch is accepted at most LATE_LIMIT = 10 s late), and
+#: one still unpaired after CLOCK_END_MAX_AGE s (the stream stopped after it) is dropped.
+CLOCK_END_SETTLE = 11
+CLOCK_END_MAX_AGE = 600
+#: Run history: a run's record and its seconds are kept this long (s).
+RUN_KEEP = 2 * 366 * 86400
+#: Run records written per worker and second at most: a stream whose run number changes
+#: with nearly every event is corrupt; the events of further runs are counted, not filed.
+RUNS_PER_SECOND = 16
+#: Per-run occupancy by trigger type: a worker follows this many runs at once (a new run
+#: takes the place of one not seen for RUN_IDLE s), writes its partials every
+#: RUN_OCCUPANCY_WRITE s, and Redis keeps them RUN_OCCUPANCY_KEEP s.
+RUNS_FOLLOWED = 3
+RUN_IDLE = 5
+RUN_OCCUPANCY_WRITE = 10
+RUN_OCCUPANCY_KEEP = 7 * 86400
+#: SNO+ run type word (RHDR RunMask, the run-type bits of the SNO+ DAQ): bit -> name.
+RUN_TYPE_BITS = {0: "Maintenance", 1: "Transition", 2: "Physics", 3: "Deployed Source",
+                 4: "External Source", 5: "ECA", 6: "Diagnostic", 7: "Experimental",
+                 8: "Supernova", 11: "TELLIE", 12: "SMELLIE", 13: "AMELLIE", 14: "PCA",
+                 15: "ECA Pedestal", 16: "ECA Time Slope"}
+#: nhit histograms per event type (minard's own, beside the compat all-events one):
+#: hash buckets kept H × NHIT_TYPE_EXPIRE[H] s (the 1-day ones 400 days, not 1200: one per
+#: type and day).
+NHIT_TYPE_EXPIRE = {5: 1200, 60: 1200, 86400: 400}
+#: /query?name=nhit_hist over a window: hash buckets summed at most.
+NHIT_RANGE_BUCKETS = 400
+
 
 def channel_index(crate, card, channel):
     """The channel index used everywhere: crate << 9 | card << 5 | channel."""
@@ -150,6 +215,33 @@ MONITOR_IDLE_CONNECTION = 8.0
 #: Stale-data watchdog in the log-server ([watchdog] enabled, after-seconds).
 WATCHDOG_AFTER = 60
 WATCHDOG_INTERVAL = 1.0
+#: Level of a "cleared" alarm (SUCCESS): the watchdog's conditions and programs.
+ALARM_CLEARED_LEVEL = 21
+#: Program alarms (watchdog): a program of programs.ini whose heartbeat key is gone (it
+#: was silent for its expire) raises one alarm once the key has stayed gone this long (s;
+#: a program posting exactly every expire seconds flickers, it is not down) ...
+PROGRAM_ALARM_CONFIRM = 5
+#: ... and after the log server starts (or gets Redis back), a program has its expire or
+#: this long, whichever is longer, to post: clients that retried with backoff while the
+#: server was away (MONITOR_MAX_BACKOFF + MONITOR_TIMEOUT) are back by then.
+PROGRAM_ALARM_START_GRACE = 45
+#: Alarm acknowledgements (main site, POST ack_alarm): the acknowledger's name, the ids
+#: of one request, the body.
+ACK_NAME_MAX = 64
+ACK_MAX_IDS = 1000
+ACK_BODY_MAX = 16 * 1024
+#: Forwarded log records (minard.monitor.LogForwarder): at most this many at once, then
+#: this many a second; the rest are counted and reported in one WARNING record.
+MONITOR_FORWARD_BURST = 20
+MONITOR_FORWARD_RATE = 10 / 60.0
+#: The log server's own records go to its own log file, not over HTTP: a larger budget
+#: (a dead DAQ gives one watchdog line per program at once).
+OWN_LOG_BURST = 200
+OWN_LOG_RATE = 2.0
+
+#: A web process reading from a Redis replica (--redis-replica) says so on every page
+#: when the replica is this many seconds behind its primary, or cannot be read.
+REPLICA_LAG_WARN = 5.0
 
 #: The web site and log server give Redis this long to answer (s), then answer 503: their
 #: reads are short scripts (milliseconds), and a retried heartbeat or /log is idempotent.
@@ -195,6 +287,21 @@ STREAM_UNREAD_SLACK = 16 * 1024
 STREAM_SNDBUF = 64 * 1024  # bytes of kernel send buffer per /stream client (bounds memory)
 STALE_AFTER = 10  # s without events or pull-worker heartbeat before pages show "stale"
 STALE_LOOKBACK = 60  # s of 1-s buckets /stream looks back to find the last events/heartbeat
+#: dispatch-push marks each second its dispatcher link is up (keys.link_up): it looks
+#: this often (s; under a second, so no second is skipped), and holds at most this many
+#: unwritten seconds while Redis is away (the oldest are dropped, counted).
+LINK_MARK_PERIOD = 0.5
+LINK_MARK_PENDING = 900
+#: DAQ page: default LO/HI colour thresholds, relative to the median over the channels of
+#: the crate map shown (so a normal detector is "normal" whatever its running conditions).
+#: CMOS rate (Hz) and occupancy (hits per event): LO = median × lo, HI = median × hi.
+#: Base current (ADC counts, raw − 127: centred on 0, so a ratio means nothing): LO =
+#: median − band, HI = median + band.
+DAQ_THRESHOLDS = {
+    "cmos": {"unit": "Hz", "lo": 0.1, "hi": 5.0},
+    "occupancy": {"unit": "hits/event", "lo": 0.1, "hi": 5.0},
+    "base": {"unit": "ADC counts", "band": 8.0},
+}
 NHIT_HIST_INTERVAL = 5  # s: the hash interval the NHit page sums for the last 10 s / 60 s
 NHIT_HIST_MAX_SECONDS = 3600
 TAIL_LINES = 100  # /tail without seek answers the last this many lines
@@ -217,6 +324,9 @@ SIMULATOR_MAX_RATE = 1_000_000
 
 #: Deployment (etc/, minard.deploy, scripts/run-local): the ports around the roles.
 NGINX_PORT = 50000  # nginx in front of the web site (under /monitoring/) and the log server
+#: multi-host layout: nginx on the web host takes other hosts' heartbeats and logs over
+#: HTTPS on this port (minard/deploy/multihost.py)
+NGINX_TLS_PORT = 50443
 REDIS_PORT = 6379
 SUPERVISOR_PORT = 9001  # supervisord's inet server (127.0.0.1 only, with a password)
 #: Seconds supervisord gives a process between TERM and KILL (pull workers flush on TERM).

@@ -15,6 +15,13 @@ written, its alarm not: the server answered 503 or 507, or the answer was lost).
 
 minard processes get both from their INI file's `[monitor]` section (`from_config`);
 shell scripts and C programs use the `minard-log` command (`main`).
+
+What a minard process forwards is what its operator needs on /view_log: its warnings and
+errors (`level`), and the INFO lines of minard's own code (links up and down, migration:
+`own-level`), plus Twisted's "retry to connect" lines thinned to attempts 1, 2, 4, 8 ...
+At most MONITOR_FORWARD_BURST records at once and MONITOR_FORWARD_RATE a second are
+forwarded: a storm is counted, and reported in one WARNING record, not posted line by line
+(the process's own log file keeps every line).
 """
 import base64
 import collections
@@ -37,6 +44,13 @@ from minard import constants as C
 #: Forwarded records of this namespace are never forwarded (no feedback loop).
 NAMESPACE = "minard.monitor"
 log = Logger(namespace=NAMESPACE)
+#: Events of these namespaces are forwarded from `own_level` (INFO) up: minard's own code
+#: logs at INFO only what an operator wants to see (a link up or down).
+OWN_NAMESPACES = ("minard.",)
+#: Twisted's ClientService: "Scheduling retry {attempt} to connect {endpoint} in {delay}
+#: seconds." at INFO, once per failed attempt; forwarded for attempts 1, 2, 4, 8 ...
+RETRY_NAMESPACE = "twisted.application._client_service"
+ENDPOINT = re.compile(r"^<\w*Endpoint ([^>]+)>$")
 
 TWISTED_LEVELS = {LogLevel.debug: 10, LogLevel.info: 20, LogLevel.warn: 30,
                   LogLevel.error: 40, LogLevel.critical: 50}
@@ -403,6 +417,35 @@ class LogSender:
         self._fire_drained()
 
 
+class ForwardBudget:
+    """A token bucket: `burst` records at once, then `rate` a second."""
+
+    def __init__(self, clock, rate=C.MONITOR_FORWARD_RATE, burst=C.MONITOR_FORWARD_BURST):
+        self.clock = clock
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.tokens = self.burst
+        self.last = None
+
+    def _refill(self):
+        now = self.clock.seconds()
+        if self.last is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+
+    def take(self):
+        self._refill()
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+    def wait(self):
+        """Seconds until a token is there."""
+        self._refill()
+        return max(0.0, (1.0 - self.tokens) / self.rate)
+
+
 def event_level(event):
     level = event.get("log_level")
     if level is None:
@@ -421,45 +464,124 @@ def event_text(event):
     return text
 
 
+def retry_text(event):
+    """ClientService's retry line, readable: None for an attempt that is not 1, 2, 4 ..."""
+    attempt = event.get("attempt")
+    if not isinstance(attempt, int) or attempt < 1 or attempt & (attempt - 1):
+        return None
+    delay = event.get("delay")
+    delay = "%.1f s" % delay if isinstance(delay, (int, float)) else "a while"
+    endpoint = str(event.get("endpoint"))
+    shown = ENDPOINT.match(endpoint)  # <HostnameEndpoint 127.0.0.1:5553> -> 127.0.0.1:5553
+    return "cannot connect to %s (attempt %d failed); next try in %s" % (
+        shown.group(1) if shown else endpoint, attempt, delay)
+
+
 @implementer(ILogObserver)
 class LogForwarder(Service):
     """A twisted.logger observer (added to the global publisher while running) that
-    forwards events at or above `level` (numeric, 30 = warnings) to the log server."""
+    forwards events at or above `level` (numeric, 30 = warnings), and those of minard's
+    own namespaces at or above `own_level` (20 = INFO), to the log server; at most
+    `burst` at once and `rate` a second (the module docstring).
+
+    sender: what takes the records (`send(level, message)`), by default a LogSender of
+    `poster` (the log server itself passes one that writes its own log file)."""
 
     def __init__(self, poster, name, level=30, max_queue=C.MONITOR_QUEUE, publisher=None,
-                 clock=None, drain_timeout=2.0):
-        self.sender = LogSender(poster, name, max_queue=max_queue, clock=clock)
+                 clock=None, drain_timeout=2.0, own_level=20, sender=None,
+                 rate=C.MONITOR_FORWARD_RATE, burst=C.MONITOR_FORWARD_BURST):
+        self.sender = sender or LogSender(poster, name, max_queue=max_queue, clock=clock)
+        self.program = name  # (not `name`: a Service's name must be unique in its parent)
         self.level = level
+        self.own_level = max(own_level, 0) if own_level is not None else level
         self.publisher = publisher if publisher is not None else globalLogPublisher
         self.drain_timeout = drain_timeout
+        self.clock = clock or getattr(self.sender, "clock", None)
+        if self.clock is None:
+            from twisted.internet import reactor as clock_default
+            self.clock = clock_default
+        self.budget = ForwardBudget(self.clock, rate, burst)
+        self.suppressed = 0  # records over the budget not yet reported
+        self.suppressed_total = 0
+        self._report = None
+
+    def wanted(self, event):
+        """(level, text) of an event to forward, or None."""
+        namespace = str(event.get("log_namespace", ""))
+        if namespace.startswith(NAMESPACE):
+            return None
+        level = event_level(event)
+        if namespace.startswith(RETRY_NAMESPACE) and level < self.level:
+            text = retry_text(event) if level >= self.own_level else None
+            return None if text is None else (level, text)
+        threshold = self.own_level if namespace.startswith(OWN_NAMESPACES) else self.level
+        if level < min(threshold, self.level):
+            return None
+        try:
+            return level, event_text(event)
+        except Exception:
+            return level, repr(event.get("log_format"))
 
     def __call__(self, event):
-        if str(event.get("log_namespace", "")).startswith(NAMESPACE):
+        record = self.wanted(event)
+        if record is None:
             return
-        level = event_level(event)
-        if level < self.level:
-            return
-        try:
-            text = event_text(event)
-        except Exception:
-            text = repr(event.get("log_format"))
         if threadable.isInIOThread():
-            self.sender.send(level, text)
+            self._forward(*record)
         else:
             from twisted.internet import reactor
 
-            reactor.callFromThread(self.sender.send, level, text)
+            reactor.callFromThread(self._forward, *record)
+
+    def _forward(self, level, text):
+        if not self.running:
+            return
+        if self.suppressed:
+            self._report_due()  # the report of what was left out goes first
+        if not self.budget.take():
+            self.suppressed += 1
+            self.suppressed_total += 1
+            self._schedule_report()
+            return
+        self.sender.send(level, text)
+
+    def _report_due(self):
+        """Send the report of suppressed records if the budget allows; True if sent."""
+        if not self.suppressed or not self.budget.take():
+            return False
+        n, self.suppressed = self.suppressed, 0
+        self.sender.send(30, "%d log record%s of %s not forwarded (more than %d at once or "
+                         "%g a minute); the process's own log file has them"
+                         % (n, "s" if n != 1 else "", self.program, self.budget.burst,
+                            self.budget.rate * 60))
+        return True
+
+    def _schedule_report(self):
+        if self._report is None or not self._report.active():
+            self._report = self.clock.callLater(self.budget.wait() + 0.01, self._reported)
+
+    def _reported(self):
+        self._report = None
+        if self.running and self.suppressed and not self._report_due():
+            self._schedule_report()
 
     def startService(self):
         super().startService()
-        self.sender.stopped = False
+        if hasattr(self.sender, "stopped"):
+            self.sender.stopped = False
         self.publisher.addObserver(self)
 
     def stopService(self):
         """Stop observing; give queued records up to drain_timeout seconds to leave."""
         super().stopService()
         self.publisher.removeObserver(self)
-        d = self.sender.drained()
+        if self._report is not None and self._report.active():
+            self._report.cancel()
+        self._report = None
+        drained = getattr(self.sender, "drained", None)
+        if drained is None:
+            return defer.succeed(None)
+        d = drained()
         timer = self.sender.clock.callLater(self.drain_timeout, d.cancel)
 
         def finish(result):
@@ -485,7 +607,8 @@ class MonitorService(MultiService):
 
 # -- configuration ------------------------------------------------------------------------
 
-MONITOR_KEYS = {"url", "user", "password", "password-file", "cafile", "interval", "level"}
+MONITOR_KEYS = {"url", "user", "password", "password-file", "cafile", "interval", "level",
+                "own-level"}
 
 
 def read_password_file(path):
@@ -510,8 +633,9 @@ def parse_level(text):
 def from_config(section, name, status_fn, reactor=None):
     """HeartbeatService + LogForwarder from a `[monitor]` INI section, or None when it has
     no url. Keys: url, user, password or password-file, cafile, interval (s, default 5),
-    level (forward log events at or above it; default WARNING; `off` forwards nothing).
-    A bad value raises minard.tap.OptionError (a one-line usage error)."""
+    level (forward log events at or above it; default WARNING; `off` forwards nothing),
+    own-level (minard's own INFO lines: links up and down; default INFO; `off`: only
+    `level`). A bad value raises minard.tap.OptionError (a one-line usage error)."""
     from minard.tap import OptionError
 
     try:
@@ -520,14 +644,17 @@ def from_config(section, name, status_fn, reactor=None):
         raise OptionError("[monitor] %s" % (e,))
 
 
-def _from_config(section, name, status_fn, reactor):
+def poster_from_config(section, reactor=None):
+    """(Poster, heartbeat interval) of a `[monitor]` section, or (None, None) without url;
+    ConfigError for a bad value. (The simulator's stand-in heartbeats use it too.)"""
     unknown = set(section) - MONITOR_KEYS
     if unknown:
         raise ConfigError("unknown key %r (known: %s)" % (sorted(unknown)[0],
                                                           ", ".join(sorted(MONITOR_KEYS))))
     url = (section.get("url") or "").strip()
     if not url:
-        return None
+        return None, None
+    check_url(url)
     credentials = None
     user = (section.get("user") or "").strip()
     if user:
@@ -544,13 +671,23 @@ def _from_config(section, name, status_fn, reactor):
         raise ConfigError("interval must be a number of seconds")
     if not 0.1 <= interval <= 3600:
         raise ConfigError("interval must be between 0.1 and 3600 s")
-    level_text = str(section.get("level", "WARNING")).strip().lower()
     poster = Poster(url, credentials, cafile=section.get("cafile") or None, reactor=reactor)
+    return poster, interval
+
+
+def _from_config(section, name, status_fn, reactor):
+    level_text = str(section.get("level", "WARNING")).strip().lower()
+    own_text = str(section.get("own-level", "INFO")).strip().lower()
+    level = None if level_text in ("off", "none", "") else parse_level(level_text)
+    own_level = None if own_text in ("off", "none", "") else parse_level(own_text)
+    poster, interval = poster_from_config(section, reactor)
+    if poster is None:
+        return None
     service = MonitorService(poster)
     HeartbeatService(name=name, interval=interval, status=status_fn,
                      poster=poster).setServiceParent(service)
-    if level_text not in ("off", "none", ""):
-        LogForwarder(poster, name, level=parse_level(level_text)).setServiceParent(service)
+    if level is not None:
+        LogForwarder(poster, name, level=level, own_level=own_level).setServiceParent(service)
     return service
 
 

@@ -86,6 +86,16 @@ def name_without_spaces(text):
     return text
 
 
+def program_names(text):
+    """Comma-separated program names (minard.sim.programs.parse_names) -> list."""
+    from minard.sim.programs import StandInError, parse_names
+
+    try:
+        return parse_names(text)
+    except StandInError as e:
+        raise OptionError(str(e))
+
+
 def dialect(text):
     if text not in ("caspur", "ligier"):
         raise OptionError("must be 'caspur' or 'ligier'")
@@ -177,6 +187,16 @@ def key_directory(text):
     return text
 
 
+def fault_list(text):
+    """Simulator faults, 'command; command' (minard/sim/faults.py)."""
+    from minard.sim.faults import FaultError, parse_faults
+    try:
+        parse_faults(text)
+    except FaultError as e:
+        raise OptionError(str(e))
+    return text
+
+
 def directory(text):
     if not text:
         raise OptionError("must be a directory")
@@ -239,8 +259,12 @@ ROLES = {
     ] + CURVE_CLIENT,
     "web": [
         ("listen", "tcp:8080", server_endpoint, "Twisted endpoint to serve on"),
+        ("redis-replica", None, redis_url, "read the pages' data from this Redis replica "
+         "(the pages say when it lags); writes still go to --redis"),
         ("log-dir", "/var/log/snoplus", directory, "directory of the DAQ programs' logs"),
         ("programs", "etc/programs.ini", existing_file, "known DAQ programs"),
+        ("auth-file", None, existing_file, "users who may mask channels on the Channel "
+         "health page (the log server's users file, minard-passwd); without it, nobody"),
     ],
     "log-server": [
         ("listen", "tcp:8081", server_endpoint, "Twisted endpoint to serve on"),
@@ -256,6 +280,13 @@ ROLES = {
         ("rate", "1000", event_rate, "events per second"),
         ("seed", None, seed, "random seed"),
         ("replay", None, existing_file, "serve a file written by --capture instead"),
+        ("stand-in-for", None, program_names,
+         "post the heartbeats of these programs of programs.ini (comma-separated) to the "
+         "log server of the [monitor] section: the DAQ programs of a system without a DAQ"),
+        ("faults", None, fault_list, "faults to put in at start, e.g. 'kill-card 3/7; hot "
+         "5/2/14; drift 2/3/4' (minard/sim/faults.py)"),
+        ("control", None, server_endpoint, "endpoint taking fault commands while running, "
+         "e.g. tcp:5561:interface=127.0.0.1 (python -m minard.sim.faults)"),
     ],
 }
 

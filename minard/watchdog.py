@@ -1,7 +1,7 @@
-"""The stale-data watchdog (runs inside the log-server process).
+"""The watchdog of the log-server process: stale data and silent programs.
 
 Stale is not the same as zero: the shifter must be told when the data stop, not shown a
-flat line. Three conditions are watched, each on its own:
+flat line. These conditions are watched, each on its own:
 
 * `pull`: no dispatch-pull worker heartbeat (`ts:1:<b>:heartbeat`) in recent seconds;
 * `dispatcher`: the `dispatcher` key is missing (the push side has no dispatcher link);
@@ -14,6 +14,18 @@ flat line. Three conditions are watched, each on its own:
 A condition that lasts `after` seconds raises ONE alarm (level 40); when the data come
 back ONE "cleared" alarm at level 21 (SUCCESS) is recorded. While the pull workers are
 down the event count is unknown, so no `events` alarm is raised for that time.
+
+And every program of programs.ini (its `alarm-level` not off): when its `heartbeat:<name>`
+key has expired (the program was silent for its `expire`, the Status page says "Not
+responding") and stays gone PROGRAM_ALARM_CONFIRM s, ONE alarm `<name> - not responding`
+at the program's alarm-level; when it posts again, ONE "cleared" alarm. After the log
+server starts (or Redis comes back) a program has max(expire, PROGRAM_ALARM_START_GRACE) s
+to post its first heartbeat: a program configured but silent that long is not responding
+(one alarm each), and a restart, after which every client posts again within its retry
+backoff, raises nothing.
+
+Which alarms are up is kept in Redis (keys.WATCHDOG_ALARMED, changed atomically with the
+alarm itself), so a restarted log server neither repeats an alarm nor forgets to clear it.
 Configured by the `[watchdog]` INI section: `enabled` (default yes), `after-seconds`.
 """
 from twisted.application.internet import TimerService
@@ -43,6 +55,7 @@ class Condition:
 
     def __init__(self, name, stale_text, cleared_text, since, after=None):
         self.name = name
+        self.field = store.condition_field(name)
         self.stale_text = stale_text
         self.cleared_text = cleared_text
         self.last_ok = since
@@ -50,11 +63,24 @@ class Condition:
         self.after = after
 
 
+class ProgramWatch:
+    """One program of programs.ini: whether its heartbeat was seen since the watch (re)
+    started, since when it is missing, and whether its alarm is up."""
+
+    def __init__(self, program):
+        self.program = program
+        self.field = store.program_field(program.name)
+        self.alarmed = False
+        self.silent_since = None  # when it last posted, if known (monotonic s)
+        self.seen = False  # heartbeat seen since the watch began
+        self.missing_since = None  # first tick that found it gone (monotonic s)
+
+
 class Watchdog(TimerService):
     log = Logger()
 
     def __init__(self, redis, after=C.WATCHDOG_AFTER, interval=C.WATCHDOG_INTERVAL,
-                 clock=None, stats=None, wall=None):
+                 clock=None, stats=None, wall=None, programs=None):
         TimerService.__init__(self, interval, self.tick)
         if clock is None:
             from twisted.internet import reactor as clock
@@ -66,6 +92,11 @@ class Watchdog(TimerService):
         self._pending = None
         self._failing = False
         self.conditions = {}
+        #: name -> ProgramWatch of the programs whose silence raises an alarm
+        self.programs = {name: ProgramWatch(p) for name, p in (programs or {}).items()
+                         if p.alarm_level is not None}
+        self.state_loaded = False  # alarms up read from Redis (at start, after a failure)
+        self.watch_started = None  # when the program watch (re)began (monotonic s)
 
     def startService(self):
         now = self.clock.seconds()
@@ -103,6 +134,7 @@ class Watchdog(TimerService):
     def _failed(self, failure):
         if failure.check(defer.CancelledError):
             return
+        self.state_loaded = False  # read the alarms' state again once Redis answers
         if self.stats is not None:
             self.stats.incr("watchdog_errors")
         if not self._failing:
@@ -111,8 +143,27 @@ class Watchdog(TimerService):
         self._failing = True
 
     @defer.inlineCallbacks
+    def _load_alarmed(self, now):
+        """At start and after Redis failed: which alarms are up (keys.WATCHDOG_ALARMED),
+        forgetting programs no longer in programs.ini; the programs' grace begins."""
+        alarmed = yield store.watchdog_alarmed(self.redis)
+        for condition in self.conditions.values():
+            condition.alarmed = condition.field in alarmed
+        for watch in self.programs.values():
+            watch.alarmed = watch.field in alarmed
+            watch.seen = False
+            watch.missing_since = None
+        gone = [f for f in alarmed if f.startswith(store.program_field(""))
+                and f[len(store.program_field("")):] not in self.programs]
+        yield store.forget_watchdog_alarms(self.redis, gone)
+        self.watch_started = now
+        self.state_loaded = True
+
+    @defer.inlineCallbacks
     def _check(self):
         now = self.clock.seconds()
+        if not self.state_loaded:
+            yield self._load_alarmed(now)
         second = int(self.wall())
         seconds = range(second - LOOKBACK, second + 1)
         totals = yield defer.gatherResults(
@@ -137,6 +188,7 @@ class Watchdog(TimerService):
             yield self._update(memory_cond, False, now)
         else:
             yield self._update(memory_cond, True, now)
+        yield self._check_programs(now)
         if self._failing:
             self.log.info("watchdog: checks work again")
         self._failing = False
@@ -146,21 +198,81 @@ class Watchdog(TimerService):
         if ok:
             condition.last_ok = now
             if condition.alarmed:
-                yield self._alarm(21, condition.cleared_text, now)
+                yield self._alarm(condition.field, False, C.ALARM_CLEARED_LEVEL,
+                                  "%s - %s" % (ALARM_NAME, condition.cleared_text))
                 condition.alarmed = False
         elif not condition.alarmed and now - condition.last_ok >= (
                 self.after if condition.after is None else condition.after):
-            yield self._alarm(C.ALARM_LEVEL, condition.stale_text, now)
+            yield self._alarm(condition.field, True, C.ALARM_LEVEL,
+                              "%s - %s" % (ALARM_NAME, condition.stale_text))
             condition.alarmed = True
 
     @defer.inlineCallbacks
-    def _alarm(self, level, text, now):
-        alarm_id = yield store.raise_alarm(self.redis, level, "%s - %s" % (ALARM_NAME, text),
-                                           self.wall())
+    def _check_programs(self, now):
+        """One look at every watched program's heartbeat key (one MGET)."""
+        watches = list(self.programs.values())
+        if not watches:
+            return
+        beats = yield self.redis.mget([keys.heartbeat(w.program.name) for w in watches])
+        for watch, beat in zip(watches, beats):
+            program = watch.program
+            if beat is not None:
+                watch.seen = True
+                watch.missing_since = None
+                if watch.alarmed:
+                    yield self._alarm(watch.field, False, C.ALARM_CLEARED_LEVEL,
+                                      "%s - responding again%s" % (
+                                          program.name, self._down_for(watch, now)))
+                    watch.alarmed = False
+                    watch.silent_since = None
+                continue
+            if watch.missing_since is None:
+                watch.missing_since = now
+            if watch.alarmed:
+                continue
+            if watch.seen:
+                due = now - watch.missing_since >= C.PROGRAM_ALARM_CONFIRM
+                text = "no heartbeat for %d s (expire %d s)" % (
+                    program.expire + now - watch.missing_since, program.expire)
+            else:
+                waited = now - self.watch_started
+                due = waited >= max(program.expire, C.PROGRAM_ALARM_START_GRACE)
+                text = "no heartbeat in the %d s since the log server began watching" % (
+                    waited,)
+            if due:
+                where = " on %s" % program.machine if program.machine else ""
+                yield self._alarm(watch.field, True, program.alarm_level,
+                                  "%s - not responding%s: %s" % (program.name, where, text))
+                watch.alarmed = True
+                watch.silent_since = (watch.missing_since - program.expire) if watch.seen \
+                    else None
+
+    @staticmethod
+    def _down_for(watch, now):
+        if watch.silent_since is None:  # silent since before this process watched
+            return ""
+        return " after %s without a heartbeat" % _duration(now - watch.silent_since)
+
+    @defer.inlineCallbacks
+    def _alarm(self, field, up, level, message):
+        """Raise (up) or clear the alarm of `field`, once (store.watchdog_alarm)."""
+        alarm_id, changed = yield store.watchdog_alarm(self.redis, field, up, level, message,
+                                                       self.wall())
+        if not changed:
+            return
         if self.stats is not None:
             self.stats.incr("watchdog_alarms")
         self.log.info("watchdog alarm {id} (level {alarm_level}): {text}", id=alarm_id,
-                      alarm_level=level, text=text)
+                      alarm_level=level, text=message)
+
+
+def _duration(seconds):
+    """12 s, 4 min, 3.5 h: how long something lasted, as a shifter reads it."""
+    if seconds < 120:
+        return "%d s" % seconds
+    if seconds < 7200:
+        return "%d min" % round(seconds / 60.0)
+    return "%.1f h" % (seconds / 3600.0)
 
 
 def _positive(value):

@@ -138,15 +138,26 @@ def as_text(reply):
 class SyncRedis:
     """A tiny blocking RESP client for test assertions, independent of txredisapi."""
 
-    def __init__(self, port, password=None, host="127.0.0.1"):
+    def __init__(self, port, password=None, host="127.0.0.1", unix=None, user=None):
         self.address = (host, port)
+        self.unix = unix  # a unix socket path instead of host:port
         self.password = password
+        self.user = user  # an ACL user (AUTH user password)
+
+    def _connect(self):
+        if self.unix is None:
+            return socket.create_connection(self.address, timeout=10)
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(10)
+        s.connect(self.unix)
+        return s
 
     def command(self, *args):
-        with socket.create_connection(self.address, timeout=10) as s:
+        with self._connect() as s:
             f = s.makefile("rb")
             if self.password:
-                s.sendall(encode_command(("AUTH", self.password)))
+                auth = ("AUTH", self.user, self.password) if self.user else ("AUTH", self.password)
+                s.sendall(encode_command(auth))
                 as_text(read_reply(f))
             s.sendall(encode_command(args))
             return as_text(read_reply(f))
@@ -225,9 +236,10 @@ def twistd_command():
 class RoleProcess:
     """`twistd -n minard --role=ROLE ...` as a real child process, logging to a file."""
 
-    def __init__(self, role, *args, directory=None):
+    def __init__(self, role, *args, directory=None, prefix=()):
         self.role = role
         self.args = list(args)
+        self.prefix = list(prefix)  # e.g. ["ip", "netns", "exec", "ns1"]
         self.directory = directory or tempfile.mkdtemp(prefix="minard-%s-" % role)
         self.logfile = os.path.join(self.directory, "%s-%d.log" % (role, id(self)))
         self.process = None
@@ -237,7 +249,7 @@ class RoleProcess:
         env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         command = twistd_command() + ["-n", "--pidfile=", "--logfile", self.logfile,
                                       "minard", "--role=" + self.role] + self.args
-        self.process = subprocess.Popen(command, cwd=REPO, env=env,
+        self.process = subprocess.Popen(self.prefix + command, cwd=REPO, env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
 
@@ -272,3 +284,17 @@ class RoleProcess:
                 return f.read()
         except OSError:
             return ""
+
+
+def page_fault(message):
+    """True when a browser console message (Playwright ConsoleMessage) is a fault of the
+    page: an error or warning, except the /stream connection reset by the server — a
+    screen that cannot keep up (a throttled background tab, a loaded test machine) is
+    dropped on purpose (web/stream.py) and the page reconnects by itself."""
+    if message.type not in ("error", "warning"):
+        return False
+    location = message.location or {}
+    if ("Failed to load resource" in message.text
+            and str(location.get("url", "")).endswith("/stream")):
+        return False
+    return True

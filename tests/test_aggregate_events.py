@@ -20,19 +20,35 @@ def random_events(rng, n):
     return events
 
 
+def pmt_hits(hits):
+    """The hits that count in nhit and charge (SPEC §3): not the FEC/D's (crate 17,
+    card 15)."""
+    return [h for h in hits if (h[0], h[1]) != (17, 15)]
+
+
+def is_orphan(gtid, word):
+    """SPEC §3: trigger word 0 and gtid 0 is an orphan, not an event."""
+    return word == 0 and gtid == 0
+
+
 def expected_sums(events):
     trig, nhit, charge, occ, hist = {}, {}, {}, {}, {}
     for run, subrun, gtid, word, hits in events:
-        q = sum(h[3] for h in hits)
+        if is_orphan(gtid, word):
+            continue
+        pmt = pmt_hits(hits)
+        q = sum(h[3] for h in pmt)
         fields = ["TOTAL"] + [str(b) for b in range(27) if word >> b & 1]
+        if word == 0:
+            fields.append("NONE")
         for f in fields:
             trig[f] = trig.get(f, 0) + 1
-            nhit[f] = nhit.get(f, 0) + len(hits)
+            nhit[f] = nhit.get(f, 0) + len(pmt)
             charge[f] = charge.get(f, 0) + q
-        for c, d, e, _ in hits:
+        for c, d, e, _ in hits:  # occupancy counts the FEC/D's hits too
             i = c << 9 | d << 5 | e
             occ[i] = occ.get(i, 0) + 1
-        hist[len(hits)] = hist.get(len(hits), 0) + 1
+        hist[len(pmt)] = hist.get(len(pmt), 0) + 1
     return trig, nhit, charge, occ, hist
 
 
@@ -58,7 +74,7 @@ class AccumulatorTests(unittest.TestCase):
         self.assertEqual(doc["last"], list(events[-1][:3]))
         self.assertEqual(doc["events"], 300)
         self.assertEqual(len(doc["samples"]), 100)
-        self.assertTrue(set(doc["samples"]) <= {len(e[4]) for e in events})
+        self.assertTrue(set(doc["samples"]) <= {len(pmt_hits(e[4])) for e in events})
 
     def test_last_follows_receipt_order(self):
         acc = SecondAccumulator(5)

@@ -17,6 +17,7 @@ import urllib.request
 from twisted.trial import unittest
 
 from tests import web_seed
+from tests.support import page_fault
 from tests.support import RedisServer, free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -127,7 +128,7 @@ class BrowserTests(unittest.TestCase):
         page = context.new_page()
         problems = []
         page.on("console", lambda m: problems.append("console %s: %s" % (m.type, m.text))
-                if m.type in ("error", "warning") else None)
+                if page_fault(m) else None)
         page.on("pageerror", lambda e: problems.append("page error: %s" % (e,)))
         # a request still in flight when the page navigates away is aborted by the
         # browser (net::ERR_ABORTED): that is the navigation, not a fault of the page
@@ -400,6 +401,7 @@ class BrowserTests(unittest.TestCase):
         page.locator('.nav a[href$="alarms"]').click()
         page.wait_for_url("**/alarms")
         self.wait(page, "document.querySelectorAll('#alarms tr').length >= 31")
+        page.fill("#ack-name", "Shifter")
         page.locator("#ack-all").click()
         self.wait(page, "(b => b !== null && b.hidden)(document.querySelector('#alarm-badge'))")
         page.goto(self.base + "snostream")

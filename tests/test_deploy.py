@@ -22,6 +22,7 @@ from twisted.trial import unittest
 from minard import constants as C
 from minard import deploy, tap
 from minard.monitor import MONITOR_KEYS
+from minard.programs import load_programs
 from minard.watchdog import parse_section
 from tests.support import REPO, SyncRedis, free_port
 
@@ -100,7 +101,7 @@ class ProductionFilesTests(unittest.TestCase):
     def test_files_are_the_renders(self):
         for name, render in deploy.PRODUCTION_FILES.items():
             self.assertEqual(read(os.path.join(ETC, name)), render(deploy.PRODUCTION),
-                             "etc/%s differs from minard/deploy.py: run "
+                             "etc/%s differs from minard/deploy/templates/: run "
                              "`python -m minard.deploy production etc`" % name)
 
     def test_supervisord_runs_every_role_as_minard(self):
@@ -311,7 +312,7 @@ def processes_under(directory):
 class LocalSystemEndToEnd(unittest.TestCase):
     """The whole local system on free ports in a temporary directory."""
 
-    timeout = 240
+    timeout = 300
     STALE_AFTER = 3
 
     def setUp(self):
@@ -343,6 +344,11 @@ class LocalSystemEndToEnd(unittest.TestCase):
 
     def count(self, alarms, text, level):
         return sum(1 for a in alarms if text in a["message"] and a["level"] == level)
+
+    def count_program(self, alarms, name, what, level):
+        """Alarms `<name> - <what>...` (a program's own: `log` is not `dflow_log`)."""
+        return sum(1 for a in alarms if a["message"].startswith("%s - %s" % (name, what))
+                   and a["level"] == level)
 
     def rate_now(self):
         now = int(time.time())
@@ -409,6 +415,13 @@ class LocalSystemEndToEnd(unittest.TestCase):
                      "minard-data-producer", "data-consumer-cmos-1", "data-consumer-base-0"):
             poll(lambda: json.loads(self.nginx("/monitoring/get_status?name=" + name)[2])
                  ["status"] == "ok", 20, "heartbeat of " + name)
+        # a fresh system is healthy: every program of programs.ini is OK (the simulator
+        # stands in for the DAQ programs) and none raised a "not responding" alarm
+        programs = list(load_programs(system.layout.programs))
+        stand_ins = deploy.stand_in_programs(system.layout)
+        poll(lambda: all(json.loads(self.nginx("/monitoring/get_status?name=" + name)[2])
+                         ["status"] == "ok" for name in programs), 30, "every program OK")
+        self.assertEqual([a for a in self.alarms() if "not responding" in a["message"]], [])
 
         # /stream through nginx is not buffered: events arrive one by one, each second
         url = "http://127.0.0.1:%d/monitoring/stream" % self.ports["nginx"]
@@ -443,13 +456,34 @@ class LocalSystemEndToEnd(unittest.TestCase):
         poll(lambda: self.count(self.alarms(before), "no events", 40), 30, "stale-data alarm")
         time.sleep(2 * self.STALE_AFTER)
         self.assertEqual(self.count(self.alarms(before), "no events", 40), 1)
+        # the DAQ programs it stood in for stop too: one alarm each
+        level = {name: p.alarm_level for name, p in load_programs(system.layout.programs).items()}
+        poll(lambda: all(self.count_program(self.alarms(before), n, "not responding", level[n])
+                         for n in stand_ins), 40, "a 'not responding' alarm for each DAQ program")
         system.rpc().supervisor.startProcess("minard:simulator")
         poll(lambda: self.count(self.alarms(before), "events are arriving again", 21), 40,
              "'cleared' alarm")
+        poll(lambda: all(self.count_program(self.alarms(before), n, "responding again", 21)
+                         for n in stand_ins), 30, "a 'cleared' alarm for each DAQ program")
         time.sleep(1)
         alarms = self.alarms(before)
         self.assertEqual(self.count(alarms, "no events", 40), 1, alarms)
         self.assertEqual(self.count(alarms, "events are arriving again", 21), 1, alarms)
+        for name in programs:
+            expected = 1 if name in stand_ins else 0
+            self.assertEqual(self.count_program(alarms, name, "not responding", level[name]),
+                             expected, name)
+            self.assertEqual(self.count_program(alarms, name, "responding again", 21),
+                             expected, name)
+        # minard's own link changes are on /view_log?name=minard-dispatch-push
+        def push_log():
+            status, _h, body = self.nginx("/monitoring/tail?name=minard-dispatch-push")
+            return "\n".join(json.loads(body)["lines"]) if status == 200 else ""
+
+        poll(lambda: "connected to dispatcher" in push_log().rsplit("lost the dispatcher link",
+                                                                     1)[-1], 20,
+             "dispatch-push's 'lost' and 'connected' lines on its log page")
+        self.assertIn(" - minard-dispatch-push - INFO - lost the dispatcher link", push_log())
 
         # stop: everything goes, Redis last (it writes its snapshot)
         self.assertTrue(system.stop(timeout=60))

@@ -42,7 +42,7 @@ from minard.store.datastream import decode_slot_state
 from tests.channel_support import (assert_means, assert_occupancy, buckets, final,
                                    open_buckets, parts)
 from tests.support import RedisServer, RoleProcess, SyncRedis, free_port, wait_for
-from tests.test_aggregate_events import random_events
+from tests.test_aggregate_events import pmt_hits, random_events
 from tests.test_pipeline import TestDispatcherFactory, frame
 from tests.test_wire_sno import hand_built
 
@@ -65,8 +65,8 @@ class EventPool:
         rng = random.Random(seed)
         events = random_events(rng, size)
         self.frames = [frame(PREFIX, b"RAWDATA", hand_built(*e)) for e in events]
-        self.nhit = [len(e[4]) for e in events]
-        self.charge = [sum(h[3] for h in e[4]) for e in events]
+        self.nhit = [len(pmt_hits(e[4])) for e in events]  # SPEC §3: not the FEC/D's
+        self.charge = [sum(h[3] for h in pmt_hits(e[4])) for e in events]
         # the channel of every hit (a channel hit twice in an event counts twice)
         self.channels = [np.array([c << 9 | d << 5 | e for c, d, e, _ in ev[4]], dtype=np.int64)
                          for ev in events]

@@ -21,6 +21,7 @@ from minard import zmqlink
 from minard.constants import MAX_RECORD_SIZE
 from minard.wire import controlhost, datastream as ds, sno
 from tests.logserver_support import LogServerMixin, basic
+from tests.test_aggregate_events import pmt_hits
 from tests.test_wire_sno import hand_built
 from tests.web_support import SiteTestMixin
 
@@ -131,7 +132,8 @@ class SnoProperties(unittest.TestCase):
                 self.assertEqual(single.corrupt, {"pmt_truncated": 1})
         if all(intact):
             self.assertEqual(batch.trig.tolist(), [e[3] for e, *_ in items])
-            self.assertEqual(batch.nhit.tolist(), [len(e[4]) for e, *_ in items])
+            # nhit: the PMT hits, not the FEC/D's (SPEC §3)
+            self.assertEqual(batch.nhit.tolist(), [len(pmt_hits(e[4])) for e, *_ in items])
 
     @settings(max_examples=100, deadline=None)
     @given(st.lists(EVENT, min_size=1, max_size=8), st.integers(0, 3))

@@ -12,6 +12,7 @@ from twisted.internet import defer, endpoints, reactor, task, utils
 from twisted.logger import LogPublisher, Logger
 from twisted.trial import unittest
 
+from minard import constants as C
 from minard import logformat, monitor
 from minard.tap import OptionError
 from tests.logserver_support import PASSWORD, USER, LogServerMixin
@@ -243,6 +244,73 @@ class LogForwarderTests(unittest.TestCase):
         self.successResultOf(d)
         self.log.error("after")
         self.assertEqual(self.poster.posts, [])
+
+
+class OwnLogForwardingTests(unittest.TestCase):
+    """What a minard process forwards: warnings and errors, minard's own INFO lines (links
+    up and down), Twisted's connection retries thinned; a storm is bounded."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.poster = ScriptedPoster(self.clock)
+        self.publisher = LogPublisher()
+        self.forwarder = monitor.LogForwarder(self.poster, "minard-dispatch-push", level=30,
+                                              own_level=20, publisher=self.publisher,
+                                              clock=self.clock)
+        self.forwarder.startService()
+        self.addCleanup(self.forwarder.stopService)
+
+    def sent(self):
+        return [(f["level"], f["message"]) for _, _, f in self.poster.posts]
+
+    def test_own_info_lines_and_others_warnings(self):
+        own = Logger(namespace="minard.services.dispatch_push.DispatchPush",
+                     observer=self.publisher)
+        other = Logger(namespace="twisted.web.client._HTTP11ClientFactory",
+                       observer=self.publisher)
+        own.info("lost the dispatcher link; reconnecting")
+        own.debug("detail")
+        other.info("Starting factory {f}", f="x")
+        other.warn("something odd")
+        self.assertEqual(self.sent(), [("20", "lost the dispatcher link; reconnecting"),
+                                       ("30", "something odd")])
+
+    def test_retries_are_thinned(self):
+        retry = Logger(namespace="twisted.application._client_service.ClientService",
+                       observer=self.publisher)
+        for attempt in range(1, 10):
+            retry.info("Scheduling retry {attempt} to connect {endpoint} in {delay} seconds.",
+                       attempt=attempt, endpoint="<HostnameEndpoint 127.0.0.1:5553>",
+                       delay=1.2345 * attempt)
+        self.assertEqual([m for _, m in self.sent()], [
+            "cannot connect to 127.0.0.1:5553 (attempt %d failed); next "
+            "try in %.1f s" % (n, 1.2345 * n) for n in (1, 2, 4, 8)])
+
+    def test_a_storm_is_bounded_and_reported(self):
+        log = Logger(namespace="minard.services.dispatch_pull", observer=self.publisher)
+        for i in range(500):
+            log.error("flush failed {i}", i=i)
+        self.assertEqual(len(self.poster.posts), C.MONITOR_FORWARD_BURST)
+        self.assertEqual(self.forwarder.suppressed, 500 - C.MONITOR_FORWARD_BURST)
+        self.clock.advance(1 / C.MONITOR_FORWARD_RATE + 0.1)  # one token back: the report
+        level, message = self.sent()[-1]
+        self.assertEqual(level, "30")
+        self.assertEqual(message, "%d log records of minard-dispatch-push not forwarded (more "
+                         "than 20 at once or 10 a minute); the process's own log file has "
+                         "them" % (500 - C.MONITOR_FORWARD_BURST))
+        # an hour later: back to normal
+        self.clock.advance(3600)
+        log.error("later")
+        self.assertEqual(self.sent()[-1], ("40", "later"))
+        self.assertEqual(len(self.poster.posts), C.MONITOR_FORWARD_BURST + 2)
+
+    def test_own_level_off(self):
+        only = monitor.from_config({"url": "http://h:1", "own-level": "off"}, "x",
+                                   lambda: "ok")
+        forwarder = list(only)[1]
+        self.assertEqual((forwarder.level, forwarder.own_level), (30, 30))
+        self.assertRaises(OptionError, monitor.from_config,
+                          {"url": "http://h:1", "own-level": "chatty"}, "x", lambda: "ok")
 
 
 class ConfigTests(unittest.TestCase):

@@ -155,20 +155,30 @@ class PagesTests(SiteTestMixin, unittest.TestCase):
                 "data - crate 7 lost"
             assert "unacknowledged" in page.locator("#alarm-count").inner_text()
             assert page.title().startswith("(2) ")
-            # acknowledge both danger alarms: the sound stops
+            # acknowledging needs a name: without one nothing is sent
             page.locator("#alarms tr").nth(0).locator("button.ack-button").click()
+            assert "Type your name" in page.locator("#ack-state").inner_text()
+            assert "invalid" in page.locator("#ack-name").get_attribute("class")
+            assert page.locator("#alarms tr.acked").count() == 0
+            # acknowledge both danger alarms as Ana: the sound stops
+            page.fill("#ack-name", "Ana")
+            page.locator("#alarms tr").nth(0).locator("button.ack-button").click()
+            page.wait_for_function("() => document.querySelectorAll('#alarms tr.acked').length == 1")
             page.locator("#alarms tr").nth(2).locator("button.ack-button").click()
-            assert page.evaluate("MinardAlarms.ringing().length") == 0
+            page.wait_for_function("() => MinardAlarms.ringing().length == 0", timeout=5000)
+            assert page.locator("#alarms tr").nth(2).locator("td.ack .ack-name").inner_text() \
+                == "Ana"
             beeps = page.evaluate("window.__beeps")
             page.wait_for_timeout(3000)
             assert page.evaluate("window.__beeps") == beeps
             page.screenshot(path="/tmp/minard-page-alarms.png", full_page=True)
-            # acknowledgements and mute survive a reload
+            # acknowledgements (the server's) and mute (this screen's) survive a reload
             page.locator("#mute").click()
             assert page.locator("#mute").get_attribute("aria-pressed") == "true"
             page.reload()
             page.wait_for_function("() => document.querySelectorAll('#alarms tr').length == 3")
-            assert page.locator("#alarms tr.acked").count() == 2
+            page.wait_for_function("() => document.querySelectorAll('#alarms tr.acked').length == 2")
+            assert page.locator("#ack-name").input_value() == "Ana"  # remembered here
             assert page.locator("#mute").get_attribute("aria-pressed") == "true"
             # muted: a new danger alarm does not ring
             before = page.evaluate("window.__beeps")
@@ -222,7 +232,14 @@ class PagesTests(SiteTestMixin, unittest.TestCase):
             # level filter
             page.locator("#level-filter input[value=DEBUG]").uncheck()
             assert page.locator("#log-lines tr.line:not([hidden])").count() == 3
+            # the filter is in the URL: a reload shows the same lines
+            assert "hide=DEBUG" in page.url, page.url
+            page.reload()
+            page.wait_for_function("() => document.querySelectorAll('#log-lines tr.line').length == 4")
+            assert not page.locator("#level-filter input[value=DEBUG]").is_checked()
+            assert page.locator("#log-lines tr.line:not([hidden])").count() == 3
             page.locator("#level-filter input[value=DEBUG]").check()
+            assert "hide=" not in page.url, page.url
             # rotation: the file is renamed to .1 while the page follows it
             # (one rotation between two polls, as with 5 MB files: the next write rotates)
             size = os.path.getsize(os.path.join(self.log_dir, "builder.log"))

@@ -65,6 +65,9 @@ class MetricTests(SiteTestMixin, unittest.TestCase):
             self.sync.command("SET", "ts:1:%d:L1" % b, str(b % 50))
             self.sync.command("SET", "ts:1:%d:L2:gtid" % b, str(b))
             self.sync.command("SET", "ts:1:%d:myrate" % b, "7")
+        l2_alive = set(range(start, stop, 2))  # the L2 client's own heartbeat
+        for b in l2_alive:
+            self.sync.command("SET", "ts:1:%d:l2-heartbeat" % b, "1")
         exprs = ["TOTAL", "100L", "PULGT", "MISS", "TOTAL-nhit", "PULGT-charge", "20-nhit",
                  "gtid", "run", "subrun", "heartbeat", "L1", "L2:gtid", "myrate", "ORPHANS"]
         got = yield self.get_json("metric?expr=%s&start=%d&stop=%d&step=1&now=%d"
@@ -88,10 +91,12 @@ class MetricTests(SiteTestMixin, unittest.TestCase):
                 self.assertEqual(values[field][p], meta.get(field))
             marked = second in buckets[::3]
             self.assertEqual(values["heartbeat"][p], "1" if marked else None)
-            self.assertEqual(values["L1"][p], float(second % 50) if marked else 0.0)
+            # L1, ORPHANS: the L2 client's counts; 0 only where it was alive, else unknown
+            self.assertEqual(values["L1"][p], float(second % 50) if marked else
+                             (0.0 if second in l2_alive else None))
             self.assertEqual(values["L2:gtid"][p], str(second) if marked else None)
             self.assertEqual(values["myrate"][p], 7.0 if marked else None)
-            self.assertEqual(values["ORPHANS"][p], 0.0)
+            self.assertEqual(values["ORPHANS"][p], 0.0 if second in l2_alive else None)
 
     @defer.inlineCallbacks
     def test_single_expression_shape_and_sampling(self):

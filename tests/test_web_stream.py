@@ -341,3 +341,41 @@ class StalenessTests(unittest.TestCase):
     def test_sse_message(self):
         data = sse_message({"a": "x\ny"}, event_id=5)
         self.assertEqual(data, b'id: 5\ndata: {"a":"x\\ny"}\n\n')
+
+
+class ReplicaStateTests(SiteTestMixin, unittest.TestCase):
+    """A web reading a Redis replica puts the replica's lag into every /stream message
+    (minard.js shows "REPLICA BEHIND ..." from it); without one the field is null."""
+
+    @defer.inlineCallbacks
+    def test_replica_state_in_the_message(self):
+        snap = yield self.site.hub.snapshot(1_700_000_000.5)
+        self.assertIsNone(snap["replica"])
+
+        class Lag:
+            def state(self):
+                return {"lag": 12.5, "behind": True, "link": "down"}
+
+        self.site.hub.replica_lag = Lag()
+        snap = yield self.site.hub.snapshot(1_700_000_000.5)
+        self.assertEqual(snap["replica"], {"lag": 12.5, "behind": True, "link": "down"})
+
+
+class FirstAlarmTests(SiteTestMixin, unittest.TestCase):
+    """The very first alarm of a fresh Redis (no alarms:count before it) reaches the
+    screens like every later one."""
+
+    @defer.inlineCallbacks
+    def test_first_alarm_ever_is_sent(self):
+        import json
+        snap = yield self.site.hub.snapshot(1_700_000_000.5)
+        self.assertEqual((snap["alarms"], snap["latest_alarm"]), ([], None))
+        self.sync.command("SET", "alarms:0", json.dumps(
+            {"id": 0, "level": 40, "message": "builder - not responding",
+             "time": "2023-11-14T22:13:20Z"}), "EX", 600)
+        self.sync.command("SET", "alarms:count", "1")
+        snap = yield self.site.hub.snapshot(1_700_000_001.5)
+        self.assertEqual([a["id"] for a in snap["alarms"]], [0])
+        self.assertEqual(snap["latest_alarm"], 0)
+        snap = yield self.site.hub.snapshot(1_700_000_002.5)
+        self.assertEqual(snap["alarms"], [])  # sent once

@@ -101,10 +101,11 @@ class ExpressionTests(unittest.TestCase):
         from minard.store.reads import parse_expressions
         kinds = {e.text: e.kind for e in parse_expressions(
             "TOTAL,100L,MISS,TOTAL-nhit,PULGT-charge,gtid,heartbeat,L2:gtid,L1,foo,20-Baseline")}
-        # trigger counts: "counted" (null where nobody counted, SPEC §5.1)
+        # trigger counts: "counted" (null where nobody counted, SPEC §5.1); the L2
+        # client's counts: "l2counted" (null where its heartbeat is missing)
         self.assertEqual(kinds, {"TOTAL": "counted", "100L": "counted", "MISS": "counted",
                                  "TOTAL-nhit": "mean", "PULGT-charge": "mean", "gtid": "raw",
-                                 "heartbeat": "raw", "L2:gtid": "raw", "L1": "rate",
+                                 "heartbeat": "raw", "L2:gtid": "raw", "L1": "l2counted",
                                  "foo": "rate", "20-Baseline": "mean"})
         for bad in ["", "X-nhit", "TOTAL-nhit-x", "TOTAL-volts", "a b", "a,,b", "<b>", "x" * 65]:
             self.assertRaises(tp.BadRequest, parse_expressions, bad)
@@ -118,5 +119,5 @@ class ExpressionTests(unittest.TestCase):
         except tp.BadRequest:
             return
         for e in exprs:
-            self.assertIn(e.kind, ("rate", "counted", "mean", "raw"))
+            self.assertIn(e.kind, ("rate", "counted", "l2counted", "mean", "raw"))
             self.assertTrue(e.reads)

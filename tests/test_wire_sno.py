@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 from twisted.trial import unittest
 
-from minard.constants import RECORD_PMT, RECORD_RHDR
+from minard.constants import RECORD_PMT, RECORD_RHDR, RECORD_TRIG
 from minard.wire import sno
 
 
@@ -87,17 +87,20 @@ class DecodeTests(unittest.TestCase):
         truncated = hand_built(1, 0, 6, 1, [(1, 1, 1, 5)] * 3)[:-1]
         short = good[:40]
         rhdr = struct.pack(">III", RECORD_RHDR, 4, 0) + b"\x00" * 4
-        b = sno.decode_batch([good, truncated, short, rhdr, b"", good])
+        other = struct.pack(">III", RECORD_TRIG, 4, 0) + b"\x00" * 4
+        b = sno.decode_batch([good, truncated, short, rhdr, other, b"", good])
         self.assertEqual(b.n_events, 2)
         self.assertEqual(b.n_other, 1)
-        self.assertEqual(b.corrupt, {"pmt_truncated": 1, "pmt_short": 1, "short_header": 1})
+        # an RHDR too short for its 18 words is corrupt (SPEC §2.3a)
+        self.assertEqual(b.corrupt, {"pmt_truncated": 1, "pmt_short": 1, "short_header": 1,
+                                     "rhdr_short": 1})
         self.assertEqual(b.charge.tolist(), [5, 5])
 
     def test_bad_crate_hits(self):
         rec = hand_built(1, 0, 5, 1, [(20, 0, 0, 1), (31, 0, 0, 1), (0, 0, 0, 1)])
         b = sno.decode_batch([rec])
+        self.assertEqual(b.channels.tolist(), [0])  # hits are counted on first use
         self.assertEqual(b.corrupt, {"hit_bad_crate": 2})
-        self.assertEqual(b.channels.tolist(), [0])
         self.assertEqual(b.charge.tolist(), [3])
 
     @settings(max_examples=200, deadline=None)
@@ -116,6 +119,10 @@ class DecodeTests(unittest.TestCase):
         recs = [hand_built(9, 1, g, t, h) for g, (t, h) in enumerate(events)]
         b = sno.decode_batch(recs)
         self.assertEqual(b.trig.tolist(), [t for t, _ in events])
-        self.assertEqual(b.charge.tolist(), [sum(q for *_, q in h) for _, h in events])
+        # charge and nhit leave the FEC/D (crate 17, card 15) out (SPEC §3)
+        self.assertEqual(b.charge.tolist(), [sum(q for c, d, _, q in h if (c, d) != (17, 15))
+                                             for _, h in events])
+        self.assertEqual(b.nhit.tolist(), [sum(1 for c, d, *_ in h if (c, d) != (17, 15))
+                                           for _, h in events])
         self.assertEqual(sorted(b.channels.tolist()),
                          sorted(c << 9 | d << 5 | e for _, h in events for c, d, e, _ in h))

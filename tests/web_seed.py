@@ -57,6 +57,7 @@ def trig_commands(interval, b, rng, run=250000):
            ("HSET", keys.ts(interval, b, "trig:nhit"), *flat(nhit)),
            ("HSET", keys.ts(interval, b, "trig:charge"), *flat(charge)),
            ("SET", keys.pull_heartbeat(interval, b), "1"),
+           ("SET", keys.ts(interval, b, "l2-heartbeat"), "1"),
            ("SET", keys.ts(interval, b, "L1"), int(total * 1.01)),
            ("SET", keys.ts(interval, b, "L2"), total),
            ("SET", keys.ts(interval, b, "ORPHANS"), int(total * 0.001)),

@@ -10,6 +10,16 @@ Occupancy (hits per channel) goes to the per-channel store (store/channels.py): 
 worker's running partial of each open 5-s, 60-s and 1-day bucket is overwritten once a
 second with its progress (the last second closed), and the buckets every worker has
 passed are finalised, by whichever worker claims them.
+
+What later SNO+ monitoring derived from the stream (issue 13) rides along: FEC/D and
+orphan counts, polling and NONE fields, nhit histograms per event type and run records go
+with each second's flush (store/analyses.py); the per-run occupancy by event type of the
+runs this worker follows is written every RUN_OCCUPANCY_WRITE s (store/runs.py); clock
+jumps inside a batch are counted in its second, those across batches — which other
+workers may have — by the clock sweep every worker runs once a second, once each worker's
+progress (stamped after each applied flush) has passed them. One alarm per burst of
+jumps, raised here (store/logserver.raise_alarm). The clock-jump tolerance comes from the
+`[clock-jumps]` section of the INI file (`tolerance-ns`, `tolerance-ppm`).
 """
 import itertools
 import uuid
@@ -17,13 +27,19 @@ import uuid
 import numpy as np
 from twisted.internet import defer, task
 
-from minard import zmqlink
+from minard import curve, zmqlink
 from minard.clock import wall as wall_clock
+from minard.aggregate import clockjumps
 from minard.aggregate.events import SecondAccumulator
+from minard.aggregate.runs import RunFollower
+from minard.constants import ALARM_LEVEL, RUN_OCCUPANCY_WRITE
 from minard.services.common import ProcessBase, ZmqWorker
 from minard.stats import CorruptionLog
+from minard.tap import OptionError
 from minard.store.channels import ChannelStore, Finaliser
+from minard.store import analyses, runs as run_store
 from minard.store.events import EventStore
+from minard.store.logserver import raise_alarm
 from minard.wire.sno import decode_batch
 
 #: How often the worker looks for ended seconds (s).
@@ -78,35 +94,54 @@ class PullWorker(ZmqWorker):
         if redis is not None:
             self.channels = ChannelStore(redis, self._run, ["occupancy"], stats)
             self.finaliser = Finaliser(redis, "occupancy", self._run, stats)
+        # issue 13: per-run occupancy by type, clock jumps across batches
+        self.tolerance = clockjumps.Tolerance()
+        self.follower = RunFollower(writer=self._run)
+        self.runs_in_flight = None
+        self.runs_written_at = 0.0
+        self.sweep_in_flight = None
+        self.swept_at = 0.0
+        self.progress_in_flight = None
+        self.applied_second = None      # the last second whose flush Redis has
+        self.progress_sent = None
+        if hasattr(store, "on_clock_burst"):
+            store.on_clock_burst = self.clock_burst
+
+    def accumulator(self, second):
+        return SecondAccumulator(second, follower=self.follower, tolerance=self.tolerance)
 
     # -- receiving -----------------------------------------------------------------
 
     def make_link(self):
-        return zmqlink.PullLink(self.address, self.on_message)
+        return zmqlink.PullLink(self.address, self.on_message, keys=self.link_keys)
 
     def handle_records(self, ns, records):
         batch = decode_batch(records)
         self.stats.incr("records", batch.n_records)
-        self.stats.incr("events", batch.n_events)
+        self.stats.incr("events", batch.n_pmt_events)
+        if batch.n_orphans:
+            self.stats.incr("orphans", batch.n_orphans)
         if batch.n_other:
             self.stats.incr("other_records", batch.n_other)
+        if batch.run_headers:
+            self.stats.incr("run_headers", len(batch.run_headers))
         for kind, count in batch.corrupt.items():
             self.corruption.note(kind, count)
-        if batch.n_events:
+        if batch.n_events or batch.run_headers:
             second = ns // 1_000_000_000
             acc = self.open.get(second)
             if acc is None:
                 if self.last_closed is not None and second <= self.last_closed:
                     if self.stepped_back or second <= self.last_closed - LATE_LIMIT:
                         # a second already written, stamped by a clock that went back
-                        self.stats.incr("clock_step_dropped_events", batch.n_events)
+                        self.stats.incr("clock_step_dropped_events", batch.n_pmt_events)
                         self.corruption.trouble(
                             "clock_step", "events stamped %d s before the last second "
                             "written (a wall clock stepped back): not counted again"
                             % (self.last_closed - second))
                         return
                     self.stats.incr("late_batches")
-                acc = self.open[second] = SecondAccumulator(second)
+                acc = self.open[second] = self.accumulator(second)
             acc.add(batch, ns // 1000)
 
     # -- flushing ------------------------------------------------------------------
@@ -120,6 +155,8 @@ class PullWorker(ZmqWorker):
             self.close_seconds(int(now - 1 - GRACE))
             self.pump()
             self.write_channels()
+            self.write_runs()
+            self.sweep_clocks()
             self.stats.set("open_seconds", len(self.open))
             self.stats.set("pending_flushes", len(self.pending))
         except Exception:
@@ -148,16 +185,26 @@ class PullWorker(ZmqWorker):
             self._queue(self.open.pop(second))
         if self.last_closed is None or up_to > self.last_closed:
             if up_to not in closing:
-                self._queue(SecondAccumulator(up_to))  # heartbeat of an idle second
+                self._queue(self.accumulator(up_to))  # heartbeat of an idle second
             self.last_closed = up_to
         if self.channels is not None:
             self.channels["occupancy"].advance(self.last_closed)
 
     def _queue(self, acc):
-        if self.channels is not None and acc.events:
-            self.channels["occupancy"].add_hits(acc.second, acc.occupancy, acc.events)
+        occupancy, _, bad_crate = acc.fold()  # the second's hits, counted and split
+        if bad_crate:
+            self.corruption.note("hit_bad_crate", bad_crate)
+        if acc.unfiled:
+            self.stats.incr("run_events_unfiled", acc.unfiled)
+            self.corruption.trouble("runs_per_second", "more than %d runs in one second: "
+                                    "the events of the others are in no run record"
+                                    % len(acc.runs))
+        events = acc.events
+        if self.channels is not None and events:
+            self.channels["occupancy"].add_hits(acc.second, occupancy, events)
         flush_id = "%s:%d" % (self._run, next(self._flush_ids))
-        self.pending.append((acc.second, acc.events, acc.payload(flush_id, self.rng)))
+        self.pending.append((acc.second, events, acc.payload(flush_id, self.rng,
+                                                             writer=self._run)))
         while len(self.pending) > MAX_PENDING:
             second, events, _ = self.pending.pop(0)
             self.stats.incr("dropped_seconds")
@@ -179,6 +226,9 @@ class PullWorker(ZmqWorker):
             if self.pending and self.pending[0][2] is payload:
                 self.pending.pop(0)
             self.stats.incr("flushed_events", events)
+            if self.applied_second is None or second > self.applied_second:
+                self.applied_second = second
+            self.send_progress()
             if not self._stopping:
                 self.pump()
 
@@ -211,6 +261,114 @@ class PullWorker(ZmqWorker):
 
         d.addCallbacks(written, failed)
         return d
+
+    # -- issue 13: run occupancy, clock sweep -------------------------------------------
+
+    def send_progress(self):
+        """Tell the clock sweep that every loose end up to the last applied second is in
+        Redis (one call in flight; a failed one is sent again with the next flush)."""
+        if self.progress_in_flight is not None or self.applied_second is None or \
+                self.applied_second == self.progress_sent:
+            return None
+        second = self.applied_second
+        d = self.progress_in_flight = analyses.progress(self.store.redis, self._run, second)
+
+        def sent(_):
+            self.progress_in_flight = None
+            self.progress_sent = max(second, self.progress_sent or second)
+
+        def failed(failure):
+            self.progress_in_flight = None
+            self.stats.incr("clock_progress_errors")
+
+        d.addCallbacks(sent, failed)
+        return d
+
+    def sweep_clocks(self):
+        """Pair and judge the loose ends every worker has passed (once a second)."""
+        now = self.clock.seconds()
+        if self.sweep_in_flight is not None or now - self.swept_at < 1.0 or \
+                self.applied_second is None:
+            return None
+        self.swept_at = now
+        d = self.sweep_in_flight = analyses.sweep(self.store.redis, self.tolerance)
+
+        def swept(result):
+            self.sweep_in_flight = None
+            jumps, burst, first = result
+            if jumps:
+                self.stats.incr("clock_jumps_across_batches", jumps)
+            if burst:
+                self.clock_burst(first)
+
+        def failed(failure):
+            self.sweep_in_flight = None
+            self.stats.incr("clock_sweep_errors")
+            self.corruption.trouble("clock_sweep_failed", failure.getErrorMessage())
+
+        d.addCallbacks(swept, failed)
+        return d
+
+    def clock_burst(self, jump):
+        """A burst of clock jumps began: one alarm (the store decided atomically)."""
+        jump = jump or {}
+        text = "clock jumps - %s (run %s)" % (clockjumps.describe(
+            jump.get("kind"), jump.get("previous_gtid", 0), jump.get("gtid", 0),
+            jump.get("d10", 0), jump.get("d50", 0)), jump.get("run"))
+        self.stats.incr("clock_jump_alarms")
+        self.log.warn("{text}", text=text)
+        d = raise_alarm(self.store.redis, ALARM_LEVEL, text, self.wall_time())
+        d.addErrback(lambda f: self.corruption.trouble("clock_alarm_failed",
+                                                       f.getErrorMessage()))
+        return d
+
+    def write_runs(self, force=False):
+        """Write the followed runs' occupancy partials (one call in flight), every
+        RUN_OCCUPANCY_WRITE s or when a run is no longer followed."""
+        if self.runs_in_flight is not None or not self.follower.unwritten():
+            return self.runs_in_flight
+        now = self.clock.seconds()
+        if not (force or self.follower.retired or
+                now - self.runs_written_at >= RUN_OCCUPANCY_WRITE):
+            return None
+        self.runs_written_at = now
+        parts, token = self.follower.collect()
+        d = self.runs_in_flight = run_store.write_run_occupancy(self.store.redis, parts)
+
+        def written(_):
+            self.runs_in_flight = None
+            self.follower.written(token)
+            self.stats.incr("run_occupancy_parts_written", len(parts))
+
+        def failed(failure):
+            self.runs_in_flight = None
+            self.stats.incr("run_occupancy_write_errors")
+            self.corruption.trouble("run_occupancy_write_failed", failure.getErrorMessage())
+
+        d.addCallbacks(written, failed)
+        return d
+
+    @defer.inlineCallbacks
+    def _stop_analyses(self, deadline):
+        """SIGTERM, after the last flushes: the followed runs' partials, then the clock
+        sweep's progress, and leave it (the sweep no longer waits for this worker)."""
+        while self.follower.unwritten() and self.clock.seconds() < deadline:
+            d = self.runs_in_flight or self.write_runs(force=True)
+            try:
+                yield d
+            except Exception:
+                yield task.deferLater(self.clock, 0.2, lambda: None)
+        if self.follower.unwritten():
+            self.log.error("stopping with per-run occupancy partials unwritten")
+        if self.pending:
+            return  # unflushed seconds: keep this writer's progress where it is
+        try:
+            if self.progress_in_flight is not None:
+                yield self.progress_in_flight
+            yield self.send_progress()
+            yield analyses.leave(self.store.redis, self._run)
+        except Exception:
+            self.log.warn("stopping: could not leave the clock sweep")
 
     def _finalise_failed(self, failure):
         self.stats.incr("finalise_errors")
@@ -267,6 +425,7 @@ class PullWorker(ZmqWorker):
                 self.log.error("stopping with occupancy partials unwritten")
             else:
                 yield self.channels.leave()
+        yield self._stop_analyses(deadline)
         self.stats.set("open_seconds", len(self.open))
         self.stats.set("pending_flushes", len(self.pending))
         if self.pending:
@@ -297,10 +456,17 @@ def status_of(worker):
 
 def make_service(options, reactor):
     name = options["name"]
+    try:
+        tolerance = clockjumps.parse_section(
+            (options.get("config-sections") or {}).get("clock-jumps"))
+    except ValueError as e:
+        raise OptionError("--config: %s" % (e,))
     base = ProcessBase(options, name, heartbeat_name=name)
     worker = PullWorker(name, options["zmq"], EventStore(base.redis), base.stats,
                         reactor, redis=base.redis)
+    worker.tolerance = tolerance
     worker.wall = wall_clock
+    worker.link_keys = curve.link_keys(options, "client", [options["zmq"]])
     base.status = lambda: status_of(worker)
     worker.setServiceParent(base.service)
     return base.service

@@ -8,20 +8,22 @@ worker keeps up, ZeroMQ's high-water mark is reached: the link stops reading the
 dispatcher socket (TCP pushes back, and a `w` subscription lets the dispatcher drop for
 us), holds one batch for up to HOLD_LIMIT seconds, then drops it and counts it. The
 reactor never blocks and memory stays bounded. The `dispatcher` key lives only while the
-link is up: set when it comes up, deleted the moment it is dropped.
+link is up: set when it comes up, deleted the moment it is dropped. Every second in which
+the link was up is recorded per bucket (LinkMarker, store.events.mark_link): a second
+without that mark has unknown event rates (null), not zero.
 """
 import time
 
 from twisted.application.internet import TimerService
 from twisted.application.service import Service
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
 
-from minard import constants as C, zmqlink
+from minard import constants as C, curve, zmqlink
 from minard.ingest import dispatcher
 from minard.services.common import ProcessBase
 from minard.stats import CorruptionLog
-from minard.store import keys
+from minard.store import events, keys
 from minard.wire.controlhost import CASPUR, DIALECTS
 
 #: Records per ZeroMQ message at most; a batch also leaves after BATCH_DELAY seconds.
@@ -122,14 +124,103 @@ class Forwarder:
                 call.cancel()
 
 
+class LinkMarker(Service):
+    """Records every wall-clock second in which the dispatcher link was up
+    (store.events.mark_link), so that a rate read later for a second without a mark is
+    unknown (null), not 0: the pull workers cannot tell a quiet detector from a dead
+    link, this process can. `is_up()` says whether the link is up now; `seen()` is called
+    when the link comes up or goes down (that second had the link up for a while).
+
+    Looks every LINK_MARK_PERIOD s (under a second, so no second is skipped), one script
+    call in flight at a time; while Redis is away the unwritten seconds wait (at most
+    LINK_MARK_PENDING, the oldest dropped and counted in `link_marks_dropped`)."""
+
+    log = Logger()
+
+    def __init__(self, redis, stats, is_up, reactor, wall=None,
+                 period=C.LINK_MARK_PERIOD, max_pending=C.LINK_MARK_PENDING):
+        self.redis = redis
+        self.stats = stats
+        self.is_up = is_up
+        self.reactor = reactor
+        self.wall = wall or time.time
+        self.period = period
+        self.max_pending = max_pending
+        self.pending = set()
+        self.last_marked = None
+        self.since = None          # the first second this process looked at
+        self.in_flight = None
+        self.since_written = False
+        self.loop = None
+
+    def startService(self):
+        Service.startService(self)
+        self.since = int(self.wall())
+        self.loop = task.LoopingCall(self.tick)
+        self.loop.clock = self.reactor
+        self.loop.start(self.period, now=True).addErrback(
+            lambda f: self.log.failure("link marker stopped", f))
+
+    def stopService(self):
+        Service.stopService(self)
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        self.tick()  # the last second, best effort
+        return self.in_flight
+
+    def seen(self):
+        """The link changed state in this second: it was up for part of it."""
+        self._note(int(self.wall()))
+        self.flush()
+
+    def tick(self):
+        if self.is_up():
+            self._note(int(self.wall()))
+        self.flush()
+
+    def _note(self, second):
+        if second == self.last_marked:
+            return
+        self.last_marked = second
+        self.pending.add(second)
+        if len(self.pending) > self.max_pending:
+            for old in sorted(self.pending)[:len(self.pending) - self.max_pending]:
+                self.pending.discard(old)
+                self.stats.incr("link_marks_dropped")
+
+    def flush(self):
+        """Send the oldest pending seconds (the first call also sets LINK_SINCE, even
+        with the link down: from then on a second without a mark is a link down)."""
+        if self.in_flight is not None or (not self.pending and self.since_written):
+            return
+        seconds = sorted(self.pending)[:events.LINK_SECONDS_PER_CALL]
+        since = min([self.since] + seconds)
+        d = self.in_flight = defer.maybeDeferred(events.mark_link, self.redis, seconds, since)
+
+        def done(_):
+            self.in_flight = None
+            self.since_written = True
+            self.pending.difference_update(seconds)
+            self.stats.incr("link_marks", len(seconds))
+
+        def failed(f):
+            self.in_flight = None
+            self.stats.incr("redis_errors")
+
+        d.addCallbacks(done, failed)
+
+
 class DispatchPush(Service):
     """The listener of the dispatcher client: records to the Forwarder, frames to the
     capture file, and the `dispatcher` key, which lives only while the link is up (set
     when it comes up, deleted the moment it is dropped, not left to expire)."""
 
     log = Logger()
+    #: CURVE keys of the bound event link (minard/curve.py ServerKeys); None: plain text.
+    link_keys = None
 
-    def __init__(self, options, reactor, stats, redis, link=None):
+    def __init__(self, options, reactor, stats, redis, link=None, marker=None):
+        self.marker = marker  # a LinkMarker, told when the link comes up or goes down
         self.reactor = reactor
         self.stats = stats
         self.redis = redis
@@ -156,7 +247,7 @@ class DispatchPush(Service):
     def startService(self):
         Service.startService(self)
         if self.link is None:
-            self.link = zmqlink.PushLink(self.zmq_address)
+            self.link = zmqlink.PushLink(self.zmq_address, keys=self.link_keys)
         self.forwarder = Forwarder(self.link, self.stats, self.reactor)
         if self.capture_path:
             self.capture = open(self.capture_path, "ab")
@@ -196,6 +287,8 @@ class DispatchPush(Service):
             self.log.info("connected to dispatcher {host}:{port} ({dialect})", host=self.host,
                           port=self.port, dialect=self.dialect.name)
         self.refresh_dispatcher_key()
+        if self.marker is not None:
+            self.marker.seen()
 
     def link_down(self, connection):
         if self.connection is connection:
@@ -206,6 +299,8 @@ class DispatchPush(Service):
             if not self.quiet:
                 self.log.info("lost the dispatcher link; reconnecting")
             self._forget_dispatcher()
+            if self.marker is not None:
+                self.marker.seen()
 
     def refresh_dispatcher_key(self):
         if self.connection is None:
@@ -223,6 +318,11 @@ def make_service(options, reactor):
     base = ProcessBase(options, "dispatch-push", heartbeat_name="minard-dispatch-push",
                        status=None)
     push = DispatchPush(options, reactor, base.stats, base.redis)
+    push.marker = LinkMarker(base.redis, base.stats, lambda: push.connection is not None,
+                             reactor)
+    push.marker.setServiceParent(base.service)
+    push.link_keys = curve.link_keys(options, "server", [options["zmq"]], base.stats, reactor,
+                                     "dispatch-push")
     base.status = lambda: "ok" if push.connection is not None else "dispatcher link down"
     push.setServiceParent(base.service)
     endpoint = endpoints.HostnameEndpoint(reactor, options["host"], options["port"],

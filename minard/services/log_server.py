@@ -1,5 +1,7 @@
 """`log-server`: the logging server of the DAQ programs (SPEC §5.2), its own heartbeat
-(program `log`, written straight to Redis) and the stale-data watchdog.
+and log (program `log`, written straight to Redis and its log file), the watchdog
+(stale data, and programs of programs.ini that stop posting heartbeats) and channel
+health (minard/health/: `[health]` of the --config file; one instance, here).
 
     twistd -n minard --role=log-server --listen tcp:8081 --auth-file /etc/minard/users \\
         --log-dir /var/log/snoplus --programs etc/programs.ini
@@ -27,8 +29,11 @@ from minard.programs import ProgramsError, load_programs
 from minard.services.common import ProcessBase
 from minard.store import logserver as store
 from minard.tap import OptionError
+from minard.health.config import parse_section as parse_health
+from minard.health.service import HealthService
 from minard.watchdog import Watchdog, parse_section
-from minard.web.logsite import make_log_site
+from minard.monitor import LogForwarder
+from minard.web.logsite import OwnLog, make_log_site
 
 #: The log server's own entry in programs.ini.
 OWN_PROGRAM = "log"
@@ -125,6 +130,7 @@ def make_service(options, reactor):
     sections = options.get("config-sections") or {}
     try:
         watchdog_enabled, watchdog_after = parse_section(sections.get("watchdog"))
+        health = parse_health(sections.get("health"))
         max_connections, per_address, request_seconds = parse_connections(
             sections.get("connections"), descriptor_budget())
     except ValueError as e:
@@ -148,7 +154,13 @@ def make_service(options, reactor):
     if OWN_PROGRAM in programs:
         OwnHeartbeat(base.redis, programs[OWN_PROGRAM], reactor,
                      base.stats, wall=wall_clock).setServiceParent(base.service)
+        # its own warnings, errors and watchdog alarms on /view_log?name=log
+        LogForwarder(None, OWN_PROGRAM, sender=OwnLog(site, OWN_PROGRAM), clock=reactor,
+                     rate=C.OWN_LOG_RATE, burst=C.OWN_LOG_BURST).setServiceParent(base.service)
     if watchdog_enabled:
-        Watchdog(base.redis, after=watchdog_after, clock=reactor,
-                 stats=base.stats, wall=wall_clock).setServiceParent(base.service)
+        Watchdog(base.redis, after=watchdog_after, clock=reactor, stats=base.stats,
+                 wall=wall_clock, programs=programs).setServiceParent(base.service)
+    if health.enabled:  # channel health (minard/health/): one instance, here
+        HealthService(base.redis, health, clock=reactor, wall=wall_clock,
+                      stats=base.stats).setServiceParent(base.service)
     return base.service

@@ -5,7 +5,8 @@ for an unknown record type or command) and sends each subscribed client CMOS and
 records for every present crate about once a second: two CMOS records per crate (slots
 0-7 and 8-15; a record carries counts for at most 8 slots) and one BASE record. The hot
 and dead channels are the detector's, so the data stream agrees with the event stream:
-a hot channel has a high CMOS rate (and a high occupancy), a dead one counts nothing.
+a hot channel has a high CMOS rate (and a high occupancy), a dead one counts nothing; so
+do the faults put in on purpose (the detector's `faults`, minard/sim/faults.py).
 Counts increase by Poisson draws of each channel's rate, wrap at 2^31 (a few channels
 start close to it), and now and then carry the invalid bit. Like the real server it never
 blocks on a slow client: records for a client whose socket is full are dropped.
@@ -113,6 +114,7 @@ class CrateReadout:
 
     def __init__(self, detector):
         rng = self.rng = detector.rng
+        self.detector = detector  # its .faults (minard/sim/faults.py) apply here too
         self.crates = list(detector.present_crates)
         n = C.N_CHANNELS
         self.rate = rng.uniform(*NOISE_RATE, n)
@@ -141,13 +143,23 @@ class CrateReadout:
         self.last_read = {}
 
     def read(self, crate, now):
-        """The records of one crate at time `now`: (record id, full message) pairs."""
+        """The records of one crate at time `now`: (record id, full message) pairs.
+
+        With faults (minard/sim/faults.py): a dead card's slot is left out of the slot
+        masks (no counts, no currents; its counter stands still), a hot or noisy channel
+        counts at its fault's rate, a drifting base current moves."""
         rng = self.rng
+        faults = getattr(self.detector, "faults", None)  # (a stand-in may have none)
         lo, hi = crate << 9, (crate + 1) << 9
+        slots = (1 << C.N_CARDS) - 1 if faults is None else faults.present_slots(crate)
         last = self.last_read.get(crate)
         self.last_read[crate] = now
         if last is not None and now > last:
-            added = rng.poisson(self.rate[lo:hi] * (now - last))
+            rates = self.rate[lo:hi]
+            if faults is not None:
+                rates = faults.cmos_rates(crate, rates, rng)
+            added = rng.poisson(rates * (now - last))
+            added[np.repeat([(slots >> s) & 1 == 0 for s in range(C.N_CARDS)], 32)] = 0
             self.count[lo:hi] = (self.count[lo:hi] + added) % COUNT_MODULO
         counts = self.count[lo:hi].astype(np.uint32)
         invalid = rng.random(512) < INVALID_PROBABILITY
@@ -155,12 +167,19 @@ class CrateReadout:
         masks = self.channel_masks[crate]
         out = []
         for first in (0, 8):
-            payload = ds.encode_cmos(crate, 0xFF << first, masks,
-                                     counts[first * 32:(first + 8) * 32])
+            mask = slots & (0xFF << first)
+            # counts of the slots in the mask, ascending, 32 each (SPEC §2.4)
+            present = [s for s in range(first, first + 8) if mask >> s & 1]
+            packed = (np.concatenate([counts[s * 32:(s + 1) * 32] for s in present])
+                      if present else np.zeros(0, dtype=np.uint32))
+            payload = ds.encode_cmos(crate, mask, masks, packed)
             out.append((C.RECORD_CMOS, ds.encode_record(C.RECORD_CMOS, 0, payload)))
-        raw = np.clip(np.rint(C.BASE_CURRENT_OFFSET + self.current[lo:hi]
+        current = self.current[lo:hi]
+        if faults is not None:
+            current = current + faults.base_offsets(crate, now)
+        raw = np.clip(np.rint(C.BASE_CURRENT_OFFSET + current
                               + rng.normal(0, 0.7, 512)), 0, 255).astype(np.uint8)
-        payload = ds.encode_base(crate, 0xFFFF, masks, raw)
+        payload = ds.encode_base(crate, slots, masks, raw)
         out.append((C.RECORD_BASE, ds.encode_record(C.RECORD_BASE, 0, payload)))
         return out
 

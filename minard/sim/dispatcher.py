@@ -65,10 +65,12 @@ class DispatcherFactory(protocol.Factory):
 
 
 RAWDATA = tag_bytes("RAWDATA")
+RECHDR = tag_bytes("RECHDR")
 
 
 class DetectorSource:
-    """Synthetic events at `rate` per second, as RAWDATA frames."""
+    """Synthetic events at `rate` per second, as RAWDATA frames; the detector's run
+    headers as RECHDR frames (take_headers)."""
 
     def __init__(self, detector, rate):
         self.detector = detector
@@ -81,8 +83,11 @@ class DetectorSource:
         self._carry = wanted - n
         if n <= 0:
             return b""
-        records = self.detector.events(n)
+        records = self.detector.events(n, seconds)
         return b"".join(CASPUR.frame(RAWDATA, r) for r in records)
+
+    def take_headers(self):
+        return b"".join(CASPUR.frame(RECHDR, r) for r in self.detector.take_headers())
 
 
 class ReplaySource:
@@ -138,5 +143,9 @@ class Feeder:
         if not self.factory.clients:
             return
         data = self.source.take(elapsed)
+        headers = getattr(self.source, "take_headers", None)
+        headers = headers() if headers is not None else b""
+        if headers:  # a run starts: its header before its events
+            self.factory.broadcast(RECHDR, headers)
         if data:
             self.factory.broadcast(RAWDATA, data)

@@ -113,3 +113,68 @@ def role_url(role, password, host, port, db=0, tls=None):
     scheme = "rediss" if tls is not None else "redis"
     query = "?" + tls if tls else ""
     return "%s://%s:%s@%s:%d/%d%s" % (scheme, role, password, host, port, db, query)
+
+
+USAGE = """usage: minard-redis-acl --acl-file FILE --urls FILE --host HOST [--port N] [--db N]
+                        [--ca FILE] [--force]
+
+Makes a Redis user per minard role (and `replica` for a replica's masteruser) with a
+fresh random password: --acl-file is for redis.conf's `aclfile` (passwords stored as
+SHA-256), --urls an INI file with each role's `redis = URL` (mode 0600), to merge into
+the role sections of minard.ini on each host. --ca makes them rediss:// (TLS) URLs
+checked against that CA file. The `default` user gets a random administrator password
+too ([admin] in --urls): redis-cli and minard-migrate-store use it."""
+
+
+def main(argv=None):
+    import argparse
+    import os
+    import sys
+
+    parser = argparse.ArgumentParser(prog="minard-redis-acl", usage=USAGE, add_help=True)
+    parser.add_argument("--acl-file", required=True)
+    parser.add_argument("--urls", required=True)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, default=6379)
+    parser.add_argument("--db", type=int, default=0)
+    parser.add_argument("--ca")
+    parser.add_argument("--force", action="store_true")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code
+    if not 0 < args.port < 65536 or args.db < 0:
+        sys.stderr.write("minard-redis-acl: error: bad --port or --db\n")
+        return 2
+    if args.ca is not None and not os.path.isfile(args.ca):
+        sys.stderr.write("minard-redis-acl: error: --ca: no such file: %s\n" % args.ca)
+        return 2
+    for path in (args.acl_file, args.urls):
+        if os.path.exists(path) and not args.force:
+            sys.stderr.write("minard-redis-acl: error: %s exists (--force replaces it, and "
+                             "with it every password)\n" % path)
+            return 1
+    passwords = new_passwords()
+    admin = secrets.token_urlsafe(32)
+    tls = "ca=" + os.path.abspath(args.ca) if args.ca else None
+    lines = ["# Redis URL of each minard role (minard-redis-acl): merge into minard.ini"]
+    for role in sorted(ROLES):
+        lines += ["", "[%s]" % role,
+                  "redis = %s" % role_url(role, passwords[role], args.host, args.port,
+                                          args.db, tls)]
+    lines += ["", "# redis.conf of a replica: masteruser %s, masterauth below" % REPLICA_USER,
+              "[replica]", "masterauth = %s" % passwords[REPLICA_USER],
+              "", "[admin]", "redis = %s" % role_url("default", admin, args.host, args.port,
+                                                    args.db, tls)]
+    try:
+        for path, text in ((args.acl_file, acl_file(passwords, default_password=admin)),
+                           (args.urls, "\n".join(lines) + "\n")):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(path, 0o600)
+    except OSError as e:
+        sys.stderr.write("minard-redis-acl: error: %s\n" % (e,))
+        return 1
+    print("wrote %s and %s" % (args.acl_file, args.urls))
+    return 0

@@ -10,11 +10,15 @@ run/subrun/gtid is kept in `minard:last:<I>:<b>` (outside the `ts:` namespace th
 programs scan), so that with N workers the last event wins, whichever worker flushes
 last. Occupancy is per-channel data: the pull worker writes it through
 store/channels.py, not here.
+
+`mark_link` (link_mark.lua) is dispatch-push's part: the buckets in which its dispatcher
+link was up, so that a bucket without events reads 0 only when events could have come.
 """
 import json
 
 from minard.constants import (EXPIRE, HASH_EXPIRE, HASH_INTERVALS, INTERVALS, NHIT_SAMPLES,
                               NHIT_SAMPLES_TTL)
+from minard.store import analyses, keys
 from minard.store.channels import gather
 from minard.store.scripts import Script
 
@@ -62,16 +66,49 @@ def chunks(doc, limit=CHUNK_COMMANDS):
     return out
 
 
+LINK_SCRIPT = Script("link_mark.lua")
+
+#: Seconds of link marks per script call at most (~2 keys a second: a call stays ~1 ms).
+LINK_SECONDS_PER_CALL = 64
+
+
+def mark_link(redis, seconds, since):
+    """Record that the dispatcher link was up in each of `seconds` (unix seconds): the
+    mark `keys.link_up(I, s // I)` of every interval I, TTL I × EXPIRE (the same buckets,
+    TTLs and "any second of the bucket" roll-up as the pull-worker heartbeat), and
+    `keys.LINK_SINCE` = `since` unless one is set. Without a mark a bucket's event rates
+    are unknown (null), with one and a pull-worker heartbeat they are counts (0 included).
+    Deferred firing the number of marks written."""
+    marks = {}
+    for second in seconds:
+        for interval in INTERVALS:
+            marks[keys.link_up(interval, int(second) // interval)] = keys.ts_ttl(interval)
+    return LINK_SCRIPT(redis, [keys.LINK_SINCE] + list(marks),
+                       [str(int(since))] + [str(ttl) for ttl in marks.values()])
+
+
 class EventStore:
-    """Applies flush payloads. flush() -> Deferred firing 1 (applied) or 0 (a repeat)."""
+    """Applies flush payloads. flush() -> Deferred firing 1 (applied) or 0 (a repeat).
+
+    What the payload's "x" holds (FEC/D, orphans, per-type nhit, runs, clock jumps: issue
+    13) goes to store/analyses.py's chunks, in the same round trip; on_clock_burst (if
+    set) is called with the first jump of a burst of clock jumps."""
+
+    on_clock_burst = None
 
     def __init__(self, redis):
         self.redis = redis
 
     def flush(self, payload):
         doc = json.loads(payload)
+        extra = doc.pop("x", None)
+        if extra is not None:  # events_flush.lua need not decode it in every chunk
+            payload = json.dumps(doc, separators=(",", ":"))
         calls = [FLUSH_SCRIPT(self.redis, [], [payload, json.dumps(c, separators=(",", ":"))])
                  for c in chunks(doc)]
+        if extra is not None:
+            doc["x"] = extra
+            calls += analyses.flush_calls(self.redis, doc, self.on_clock_burst)
         d = gather(calls)
         d.addCallback(lambda results: 1 if any(int(r) for r in results) else 0)
         return d

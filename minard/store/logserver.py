@@ -1,4 +1,5 @@
-"""Redis writes of the logging server: heartbeats, uptimes and alarms (SPEC §4, §5.2).
+"""Redis writes of the logging server: heartbeats, uptimes and alarms (SPEC §4, §5.2),
+and the state of its watchdog's alarms (keys.WATCHDOG_ALARMED).
 
 Each write is one Lua script, so it is atomic and costs one round trip.
 
@@ -71,6 +72,53 @@ def raise_alarm(redis, level, message, now, ttl=ALARM_TTL, name=None, post_id=No
         args.append(int(post_ttl))
     d = ALARM_SCRIPT(redis, script_keys, args)
     return d.addCallback(lambda reply: int(reply[0]))
+
+
+#: KEYS watchdog alarmed hash, alarms:count; ARGV field, raise|clear, level, message, time,
+#: ttl, key prefix. Raises or clears the alarm of one watched thing once (see the file).
+WATCHDOG_ALARM_SCRIPT = Script("watchdog_alarm.lua")
+
+
+def program_field(name):
+    """The field of a program in keys.WATCHDOG_ALARMED: `program:<name>`."""
+    return "program:" + name
+
+
+def condition_field(name):
+    """The field of a watchdog condition (pull, dispatcher ...): `condition:<name>`."""
+    return "condition:" + name
+
+
+def watchdog_alarm(redis, field, up, level, message, now, ttl=ALARM_TTL):
+    """Raise (up True) or clear (up False) the alarm of `field` in keys.WATCHDOG_ALARMED,
+    storing alarms:<id> as raise_alarm does, but only if that changes the hash: fires
+    (alarm id, True), or (id of the alarm still up or -1, False) when nothing changed."""
+    d = WATCHDOG_ALARM_SCRIPT(
+        redis, [keys.WATCHDOG_ALARMED, keys.ALARMS_COUNT],
+        [field, "raise" if up else "clear", int(level), message, iso_utc(now), int(ttl),
+         keys.ALARM_PREFIX])
+    return d.addCallback(lambda reply: (int(reply[0]), int(reply[1]) == 1))
+
+
+def watchdog_alarmed(redis):
+    """{field: alarm id} of every alarm the watchdog has up (keys.WATCHDOG_ALARMED)."""
+    d = redis.execute_command("HGETALL", keys.WATCHDOG_ALARMED)
+
+    def parse(flat):
+        flat = flat or []
+        if isinstance(flat, dict):
+            return {k: int(v) for k, v in flat.items()}
+        return {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    return d.addCallback(parse)
+
+
+def forget_watchdog_alarms(redis, fields):
+    """Drop fields from keys.WATCHDOG_ALARMED without an alarm (a program no longer in
+    programs.ini)."""
+    if not fields:
+        return redis.execute_command("PING")
+    return redis.execute_command("HDEL", keys.WATCHDOG_ALARMED, *fields)
 
 
 def line_written(redis, name, post_id):

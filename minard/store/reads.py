@@ -18,6 +18,7 @@ import numpy as np
 
 from twisted.internet import defer
 
+from minard.constants import FECD_CHANNELS, NO_TRIGGER, POLLING
 from minard.constants import (ALARMS_DEFAULT_BACK, ALARMS_PER_ANSWER, L2_MAX_FILES,
                               METRIC_CALLS_IN_FLIGHT, N_CHANNELS, NHIT_HIST_INTERVAL,
                               OWL_CHANNELS, STALE_LOOKBACK, TRIGGERS, TRIGGER_BIT)
@@ -33,10 +34,22 @@ ALARMS_SCRIPT = Script("read_alarms.lua")
 #: Expressions whose value is the raw string (SPEC §5.1).
 RAW_TRIG_FIELDS = ("gtid", "run", "subrun")
 RAW_KEYS = ("heartbeat", "l2-heartbeat", "L2:gtid", "L2:run")
-#: Plain keys whose rate is 0 (not null) when the bucket is missing.
-ZERO_RATE_KEYS = ("L1", "L2", "ORPHANS", "BURSTS")
+#: Rates the L2 client writes (counts per bucket, SPEC §4) beside its own heartbeat
+#: `l2-heartbeat`: 0 in a bucket where it was alive and wrote no count, null where it was
+#: not (before it existed, while it was down): unknown is not zero.
+L2_RATE_KEYS = ("L1", "L2", "ORPHANS", "BURSTS")
+L2_HEARTBEAT = "l2-heartbeat"
+#: The read name of dispatch-push's per-bucket link mark (keys.link_up); "~" is not in
+#: EXPR_ALPHABET, so no expression can ask for it by name.
+LINK = "~link"
 MEAN_KINDS = {"nhit": "trig:nhit", "charge": "trig:charge"}
-EXPR_ALPHABET = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_:.+-")
+EXPR_ALPHABET = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_:.+-/")
+#: Event types counted beside the trigger bits (SPEC §3), fields of the trig hashes.
+EXTRA_TYPES = (POLLING, NO_TRIGGER)
+#: Counts the pull workers write as plain keys, and FEC/D channels (`FECD/<x>`): rates,
+#: 0 where the pull workers were counting and none came, null where nobody was.
+PULL_COUNT_KEYS = ("DISPATCH_ORPHANS", "CLOCK_JUMPS")
+FECD_FIELDS = tuple(name for name, _ in FECD_CHANNELS)
 HASH_NAMES = ("occupancy", "cmos", "base")
 #: What one HGETALL or LRANGE counts for against READ_CHUNK (an hour of nhit histograms
 #: was one 0.2 s script: now ~20 keys a call).
@@ -84,9 +97,9 @@ def _pairs(flat):
 
 
 def field_of(trigger):
-    """The trig-hash field of a trigger name or TOTAL."""
-    if trigger == "TOTAL":
-        return "TOTAL"
+    """The trig-hash field of a trigger name, polling, NONE or TOTAL."""
+    if trigger == "TOTAL" or trigger in EXTRA_TYPES:
+        return trigger
     return str(TRIGGER_BIT[trigger])
 
 
@@ -98,23 +111,39 @@ class Expression:
             raise BadRequest("bad expression %r" % (text,))
         self.text = text
         self.reads = []  # (op, name, field or None)
-        if text in TRIGGER_BIT or text == "TOTAL":
-            # a bucket with a pull-worker heartbeat but no count had no such events (0);
-            # without either nobody was counting: unknown, not zero (SPEC §5.1)
+        if text in TRIGGER_BIT or text == "TOTAL" or text in EXTRA_TYPES:
+            # a bucket with a pull-worker heartbeat and the dispatcher link up but no
+            # count had no such events (0); without either nobody was counting, or
+            # nothing could arrive: unknown, not zero (SPEC §5.1)
             self.kind = "counted"
             self.reads = [("HMGET", "trig", field_of(text)), ("HMGET", "trig", "TOTAL"),
-                          ("GET", "heartbeat", None)]
+                          ("GET", "heartbeat", None), ("GET", LINK, None)]
+        elif text.startswith("FECD/") or text in PULL_COUNT_KEYS:
+            # counted like the trigger rates: 0 only where the pull workers counted
+            if text in PULL_COUNT_KEYS:
+                first = ("GET", text, None)
+            elif text[5:] in FECD_FIELDS:
+                first = ("HMGET", "trig:fecd", text[5:])
+            else:
+                raise BadRequest("unknown FEC/D channel %r in %r (%s)"
+                                 % (text[5:], text, ", ".join(FECD_FIELDS)))
+            self.kind = "counted"
+            self.reads = [first, ("HMGET", "trig", "TOTAL"), ("GET", "heartbeat", None),
+                          ("GET", LINK, None)]
+        elif text in L2_RATE_KEYS:
+            self.kind = "l2counted"
+            self.reads = [("GET", text, None), ("GET", L2_HEARTBEAT, None)]
         elif text in RAW_TRIG_FIELDS:
             self.kind = "raw"
             self.reads = [("HMGET", "trig", text)]
         elif text in RAW_KEYS:
             self.kind = "raw"
             self.reads = [("GET", text, None)]
-        elif "-" in text and text not in ZERO_RATE_KEYS:
+        elif "-" in text:
             trigger, _, what = text.partition("-")
             if "-" in what:
                 raise BadRequest("bad expression %r: more than one '-'" % (text,))
-            if trigger not in TRIGGER_BIT and trigger != "TOTAL":
+            if trigger not in TRIGGER_BIT and trigger != "TOTAL" and trigger not in EXTRA_TYPES:
                 raise BadRequest("unknown trigger %r in %r" % (trigger, text))
             if what in MEAN_KINDS:
                 self.kind = "mean"
@@ -129,23 +158,47 @@ class Expression:
         else:
             self.kind = "rate"
             self.reads = [("GET", text, None)]
-            self.missing = 0.0 if text in ZERO_RATE_KEYS else None
 
-    def values(self, columns, interval):
+    def values(self, columns, interval, buckets=None, link_since=None):
         """The values of a run of points; columns: what each of self.reads read, one list
-        (per point) per read."""
+        (per point) per read; buckets: the points' bucket numbers; link_since: the first
+        second dispatch-push marked its link (keys.LINK_SINCE), None if it never did.
+
+        Kinds: raw (the stored string), rate (count / I, null when missing), counted
+        (trigger rates and TOTAL: count / I; with no count, 0 where the pull workers'
+        heartbeat and — from link_since on — the dispatcher link's mark say events would
+        have been counted, else null), l2counted (L1, L2, ORPHANS, BURSTS: count / I; 0
+        where the L2 client's heartbeat is, else null), mean (sum / count, null without
+        events)."""
         if self.kind == "raw":
             return [_str(v) for v in columns[0]]
         if self.kind == "rate":
-            missing = self.missing
-            return [missing if x is None else x / interval for x in map(_number, columns[0])]
+            return [None if x is None else x / interval for x in map(_number, columns[0])]
+        if self.kind == "l2counted":
+            return [x / interval if x is not None else (0.0 if beat is not None else None)
+                    for x, beat in zip(map(_number, columns[0]), columns[1])]
         if self.kind == "counted":
+            if buckets is None or link_since is None:
+                needs_link = [False] * len(columns[0])
+            else:  # buckets that end before dispatch-push marked anything: heartbeat only
+                needs_link = [(b + 1) * interval > link_since for b in buckets]
             return [x / interval if x is not None else
-                    (0.0 if total is not None or beat is not None else None)
-                    for x, total, beat in zip(map(_number, columns[0]), columns[1],
-                                              columns[2])]
+                    (0.0 if total is not None or (beat is not None and
+                                                  (link is not None or not needed))
+                     else None)
+                    for x, total, beat, link, needed in zip(
+                        map(_number, columns[0]), columns[1], columns[2], columns[3],
+                        needs_link)]
         return [None if num is None or not den else num / den
                 for num, den in zip(map(_number, columns[0]), map(_number, columns[1]))]
+
+
+def bucket_key(interval, b, name):
+    """The key a /metric read `name` of bucket b of interval I reads: `ts:<I>:<b>:<name>`,
+    or dispatch-push's link mark for LINK."""
+    if name == LINK:
+        return keys.link_up(interval, b)
+    return keys.ts(interval, b, name)
 
 
 def parse_expressions(text):
@@ -247,6 +300,9 @@ class Reads:
         is not held long either."""
         interval = interval_for(step)
         buckets = [i // interval for i in range(start, stop, step)]
+        link_since = None
+        if any(e.kind == "counted" for e in expressions):
+            link_since = _number((yield self.redis.get(keys.LINK_SINCE)))
         hash_fields, plain = {}, []
         for e in expressions:
             for op, name, field in e.reads:
@@ -271,28 +327,32 @@ class Reads:
 
         def read(first):
             part = buckets[first:first + per_call]
-            return self.batch([(op, [keys.ts(interval, b, name) for b in part], fields)
+            return self.batch([(op, [bucket_key(interval, b, name) for b in part], fields)
                                for op, name, fields in shapes])
 
-        def compute(results):
+        def compute(results, first):
+            part = buckets[first:first + per_call]
             columns = {}
             for source, (g, j) in where.items():
                 replies = results[g]
                 columns[source] = replies if j is None else \
                     [None if v is None else v[j] for v in replies]
             for e in expressions:
-                series[e.text].extend(e.values([columns[r] for r in e.reads], interval))
+                series[e.text].extend(e.values([columns[r] for r in e.reads], interval,
+                                               part, link_since))
 
         pending = []
         try:
             for first in range(0, len(buckets), per_call):
-                pending.append(read(first))
+                pending.append((first, read(first)))
                 if len(pending) >= in_flight:
-                    compute((yield pending.pop(0)))
+                    at, d = pending.pop(0)
+                    compute((yield d), at)
             while pending:
-                compute((yield pending.pop(0)))
+                at, d = pending.pop(0)
+                compute((yield d), at)
         except BaseException:
-            for d in pending:  # failed or cancelled: the calls still out end unobserved
+            for _, d in pending:  # failed or cancelled: the calls still out end unobserved
                 d.addErrback(lambda _: None)
             raise
         return series
@@ -370,6 +430,28 @@ class Reads:
         if position is None:
             return interval, None, [None] * N_CHANNELS
         return interval, candidates[position], channels.to_json_values(blob["values"])
+
+    @defer.inlineCallbacks
+    def open_channels(self, name, interval, now):
+        """The bucket of `name` at `interval` still being filled: today's for the 1-day
+        window (or the one before, when it has ended but is not finalised yet), summed
+        from the workers' partials as finalisation would (store/channels.py).
+
+        (bucket, values, denominator): values a list of N_CHANNELS floats or None,
+        denominator the events (occupancy) or samples (cmos, base) behind them; bucket
+        None when no partial holds anything. For the pages' "no finalised bucket yet"."""
+        mode = channels.MODES[name]
+        for b in (int(now) // interval, int(now) // interval - 1):
+            fields = yield self.redis.hgetall(keys.channel_part(name, interval, b))
+            fields = dict(fields or {})
+            fields.pop("~v", None)
+            if not fields:
+                continue
+            num, den, _bad = channels.combine(fields, mode)
+            values, denominator = channels.finalise_values(num, den, mode)
+            if denominator > 0:
+                return b, channels.to_json_values(values), denominator
+        return None, [None] * N_CHANNELS, 0.0
 
     @defer.inlineCallbacks
     def nhit_samples(self, seconds, now):
@@ -502,17 +584,22 @@ class Reads:
                          keys.ts(1, s, "trig:charge"), keys.trig(1, s - 1),
                          keys.ts(1, s - 1, "trig:nhit"), keys.ts(1, s - 1, "trig:charge")],
              ()),
-            ("GET", [keys.DISPATCHER, keys.ALARMS_COUNT], ()),
+            ("GET", [keys.DISPATCHER, keys.ALARMS_COUNT, keys.LINK_SINCE,
+                     keys.link_up(1, s), keys.link_up(1, s - 1)], ()),
             ("HMGET", [keys.trig(1, s - k) for k in look], ["TOTAL"]),
             ("GET", [keys.pull_heartbeat(1, s - k) for k in look], ()),
             ("HGETALL", [keys.nhit_hist(hist_interval, last_hist - k) for k in (1, 0)], ()),
         ]
         trig, meta, totals, beats, hists = yield self.batch(groups)
         counts = _pairs(trig[0])
-        current = self._second_values(s, trig[0:3], beats[0])
+        link_since = _number(meta[2])
+        # whether the dispatcher link was up in s (None: dispatch-push does not mark it)
+        link = [None if link_since is None or second < link_since else mark is not None
+                for second, mark in ((s, meta[3]), (s - 1, meta[4]))]
+        current = self._second_values(s, trig[0:3], beats[0], link[0])
         # The second before, again: a worker whose flush was late (a loaded machine) is
         # in it now, so the pages can correct what they drew from the last message.
-        previous = self._second_values(s - 1, trig[3:6], beats[1])
+        previous = self._second_values(s - 1, trig[3:6], beats[1], link[1])
         last_events = next((s - k for k, v in zip(look, totals)
                             if v and (_number(v[0]) or 0) > 0), None)
         last_beat = next((s - k for k, v in zip(look, beats) if v is not None), None)
@@ -528,6 +615,7 @@ class Reads:
             "subrun": counts.get("subrun"),
             "gtid": counts.get("gtid"),
             "dispatcher": meta[0],
+            "link_up": link[0],
             "last_events": last_events,
             "last_heartbeat": last_beat,
             "nhit_hist": hist,
@@ -536,15 +624,17 @@ class Reads:
         return out
 
     @staticmethod
-    def _second_values(second, hashes, beat):
+    def _second_values(second, hashes, beat, link=None):
         """{"time", "present", "rates", "nhit", "charge"} of one 1-s bucket.
 
-        A second with a pull-worker heartbeat but no trig hash had no events: rate 0.
-        Without either there are no data for it (null), which is not the same as zero."""
+        A second with a pull-worker heartbeat and the dispatcher link up (link True, or
+        None where dispatch-push does not mark its link) but no trig hash had no events:
+        rate 0. Without them there are no data for it (null), which is not the same as
+        zero."""
         counts, nhits, charges = (_pairs(h) for h in hashes)
-        present = bool(counts) or beat is not None
+        present = bool(counts) or (beat is not None and link is not False)
         rates = {}
-        for name in ("TOTAL",) + TRIGGERS:
+        for name in ("TOTAL",) + TRIGGERS + EXTRA_TYPES:
             c = _number(counts.get(field_of(name)))
             rates[name] = (c or 0.0) if present else None
         means = {}

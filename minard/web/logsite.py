@@ -948,6 +948,36 @@ class LogSite:
         return HTTPError(507 if full else 503, reason)
 
 
+class OwnLog:
+    """Where the log server's own log records go (a LogForwarder's sender): straight into
+    its own log file, as program `name` of programs.ini (`log`), like a posted line; a
+    record at ALARM_LEVEL or above also raises its alarm, as many as a minard process's
+    forwarded records could (MONITOR_FORWARD_BURST, _RATE). A failure is counted, never
+    logged (the log line would come back here)."""
+
+    def __init__(self, site, name):
+        from minard.monitor import ForwardBudget
+
+        self.site = site
+        self.name = name
+        self.clock = site.clock
+        self.alarms = ForwardBudget(site.clock)
+
+    def send(self, level, message):
+        now = self.site.wall_time()
+        try:
+            self.site.log_files.write(self.name, logformat.format_line(
+                now, self.name, level, message))
+            self.site._count("own_log_lines")
+        except (OSError, ValueError):
+            self.site._count("file_errors")
+        if level >= C.ALARM_LEVEL and self.alarms.take():
+            d = store.raise_alarm(self.site.redis, level, "%s - %s" % (self.name, message),
+                                  now)
+            d.addErrback(lambda f: self.site._count("redis_errors"))
+        return True
+
+
 def redis_reason(error):
     """Why a Redis write failed, for the client."""
     import txredisapi

@@ -23,6 +23,7 @@ import functools
 import ipaddress
 import json
 import os
+import re
 
 import jinja2
 import txredisapi
@@ -31,13 +32,17 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 from twisted.web import http, server
-from twisted.web.resource import NoResource
+from twisted.web.resource import Resource
 from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from minard import constants as C
+from minard.store import acks as alarm_acks
 from minard.store import keys
+from minard.store.runs import RUNS_PER_ANSWER, HistoryReads
 from minard.store.reads import HASH_NAMES, METHODS, Reads, parse_expressions
+from minard.web import acks as ack_checks
+from minard.web import health as channel_health
 from minard.web import metrics as prometheus
 from minard.web.logsite import address_key, client_address
 from minard.web.stream import StreamHub, HubStopped, staleness
@@ -59,7 +64,7 @@ SECURITY_HEADERS = {
 #: The navigation bar: (relative URL, label).
 NAV = (
     ("snostream", "Stream"), ("nhit", "NHit"), ("detector", "Detector"), ("daq", "DAQ"),
-    ("l2", "L2"), ("nearline", "Nearline"), ("status", "Status"), ("alarms", "Alarms"),
+    ("health", "Health"), ("runs", "Runs"), ("l2", "L2"), ("nearline", "Nearline"), ("status", "Status"), ("alarms", "Alarms"),
 )
 
 NEARLINE_CODES = {"0": ("Success", "ok"), "1": ("Failed", "bad"), "99": ("In progress", "warn")}
@@ -299,10 +304,41 @@ def encode_metric(series, single):
 
 class StaticFiles(File):
     """The static directory, without directory listings at any depth (subdirectories are
-    made with createSimilarFile, i.e. of this class)."""
+    made with createSimilarFile, i.e. of this class, with the same childNotFound)."""
 
     def directoryListing(self):
-        return NoResource("no directory listing")
+        return self.childNotFound
+
+
+def wants_html(request):
+    """Whether the client asked for a page: its Accept header names text/html (a browser
+    navigating). fetch(), curl and API clients (*/*, application/json) get JSON."""
+    accept = (request.getHeader(b"accept") or b"").decode("latin-1").lower()
+    return "text/html" in accept
+
+
+class NotFoundPage(Resource):
+    """The 404 of a path the site does not have (a missing static file included): the
+    site's HTML page for a browser, {"error"} for everybody else (Site.error_answer)."""
+
+    isLeaf = True
+
+    def __init__(self, site):
+        Resource.__init__(self)
+        self.site = site
+
+    def render(self, request):
+        return self.site.error_answer(request, 404, "Not found", not_found_text(request))
+
+
+def not_found_text(request):
+    """"There is no page at <path>.", with the prefix nginx strips (X-Forwarded-Prefix,
+    e.g. /monitoring) so that the path is the one in the browser's address bar."""
+    prefix = (request.getHeader(b"x-forwarded-prefix") or b"").decode("latin-1")
+    if not re.fullmatch(r"(/[A-Za-z0-9_.-]+){1,4}", prefix):
+        prefix = ""
+    return "There is no page at %s%s." % (prefix,
+                                          request.path.decode("latin-1", "replace")[:200])
 
 
 def secure(request):
@@ -412,14 +448,21 @@ class Site:
     app = Klein()
     log = Logger()
 
-    def __init__(self, redis, programs, log_dir, clock=None, stats=None, wall=None):
+    def __init__(self, redis, programs, log_dir, clock=None, stats=None, wall=None,
+                 replica=None, auth=None):
         if clock is None:
             from twisted.internet import reactor as clock
         if stats is None:
             from minard.stats import Stats
             stats = Stats("web")
-        self.redis = redis
-        self.reads = Reads(redis)
+        self.redis = redis  # the primary: writes
+        # the pages' data: from a replica when there is one (--redis-replica)
+        self.reads = Reads(replica if replica is not None else redis)
+        # runs, run occupancy by type, clock jumps, nhit by type (issue 13)
+        self.history = HistoryReads(replica if replica is not None else redis, self.reads)
+        #: store.replica.ReplicaLag when reading from a replica (its state() goes to
+        #: /stream), else None
+        self.replica_lag = None
         self.programs = programs
         self.log_dir = log_dir
         self.clock = clock  # timers (monotonic in the role: minard/clock.py)
@@ -429,10 +472,13 @@ class Site:
         self.streams = AddressLimit(C.STREAM_MAX_CLIENTS, C.STREAM_PER_ADDRESS,
                                     C.STREAM_LOOPBACK_RESERVE, "stream clients")
         self.expensive = ExpensiveRequests(stats=stats)
+        # masking known-bad channels: users of `auth` (minard.auth.Authenticator) only
+        self.masking = channel_health.Masking(auth, clock.seconds)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
             undefined=jinja2.StrictUndefined)
         self.static = StaticFiles(STATIC)
+        self.static.childNotFound = NotFoundPage(self)
         self.static.contentTypes.update({
             ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
             ".svg": "image/svg+xml", ".json": "application/json"})
@@ -457,6 +503,7 @@ class Site:
         context.setdefault("title", "SNO+")
         context.setdefault("nav", NAV)
         context.setdefault("ranges", C.TIME_RANGES)
+        context.setdefault("installed_crates", " ".join(map(str, C.INSTALLED_CRATES)))
         return self.templates.get_template(template).render(**context).encode("utf-8")
 
     def known_program(self, request):
@@ -469,19 +516,27 @@ class Site:
 
     # -- errors ---------------------------------------------------------------------------
 
+    def error_answer(self, request, code, title, message):
+        """An error of the site itself (no such path, method): the HTML message page for
+        a browser (wants_html), JSON {"error": message} for an API client."""
+        secure(request)
+        request.setResponseCode(code)
+        request.setHeader(b"Cache-Control", b"no-store")
+        if wants_html(request):
+            request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+            return self.render(request, "message.html", title=title, message=message)
+        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+        return _dumps({"error": message}).encode("utf-8")
+
     @app.handle_errors(RouteNotFound)
     def not_found(self, request, failure):
-        secure(request)
-        request.setResponseCode(404)
-        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        return json.dumps({"error": "no such page"}).encode()
+        return self.error_answer(request, 404, "Not found", not_found_text(request))
 
     @app.handle_errors(MethodNotAllowed)
     def not_allowed(self, request, failure):
-        secure(request)
-        request.setResponseCode(405)
-        request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
-        return json.dumps({"error": "method not allowed"}).encode()
+        return self.error_answer(request, 405, "Method not allowed",
+                                 "%s is not allowed here." % (
+                                     request.method.decode("latin-1", "replace")[:20],))
 
     # -- pages ----------------------------------------------------------------------------
 
@@ -507,7 +562,7 @@ class Site:
     @app.route("/nhit", methods=["GET", "HEAD"])
     @page_route
     def nhit_page(self, request):
-        return "nhit.html", {"page": "nhit", "title": "NHit"}
+        return "nhit.html", {"page": "nhit", "title": "NHit", "event_types": C.EVENT_TYPES}
 
     @app.route("/detector", methods=["GET", "HEAD"])
     @page_route
@@ -517,7 +572,9 @@ class Site:
     @app.route("/daq", methods=["GET", "HEAD"])
     @page_route
     def daq(self, request):
-        return "daq.html", {"page": "daq", "title": "DAQ"}
+        return "daq.html", {
+            "page": "daq", "title": "DAQ", "daq_thresholds": _dumps(C.DAQ_THRESHOLDS),
+            "units": {name: c["unit"] for name, c in C.DAQ_THRESHOLDS.items()}}
 
     @app.route("/graph", methods=["GET", "HEAD"])
     @page_route
@@ -554,12 +611,24 @@ class Site:
     @page_route
     def status(self, request):
         return "status.html", {"page": "status", "title": "Status",
-                               "programs": list(self.programs.values())}
+                               "programs": list(self.programs.values()),
+                               "level_names": C.LEVELS}
 
     @app.route("/alarms", methods=["GET", "HEAD"])
     @page_route
     def alarms_page(self, request):
-        return "alarms.html", {"page": "alarms", "title": "Alarms"}
+        return "alarms.html", {"page": "alarms", "title": "Alarms",
+                               "ack_name_max": C.ACK_NAME_MAX}
+
+    @app.route("/runs", methods=["GET", "HEAD"])
+    @page_route
+    def runs_page(self, request):
+        return "runs.html", {"page": "runs", "title": "Runs"}
+
+    @app.route("/clock_jumps", methods=["GET", "HEAD"])
+    @page_route
+    def clock_jumps_page(self, request):
+        return "clockjumps.html", {"page": "runs", "title": "Clock jumps"}
 
     @app.route("/view_log", methods=["GET", "HEAD"])
     @page_route
@@ -646,6 +715,10 @@ class Site:
             seconds = parse_int(arg(request, "seconds"), "seconds", 1, C.NHIT_SAMPLES_TTL)
             values = yield self.costly(request, self._nhit_samples, seconds, now)
             return {"value": values}
+        if name == "nhit_hist" and (arg(request, "trigger") not in (None, "", "TOTAL") or
+                                    arg(request, "start") not in (None, "")):
+            answer = yield self._nhit_hist_of(request, now)
+            return answer
         if name == "nhit_hist":
             seconds = parse_int(arg(request, "seconds"), "seconds", 1, C.NHIT_HIST_MAX_SECONDS,
                                 default=10)
@@ -653,14 +726,144 @@ class Site:
             return hist
         if name in HASH_NAMES:
             step = parse_int(arg(request, "step"), "step", 1, 10 ** 9, default=60)
-            interval, bucket, values = yield self.costly(request, self.reads.latest_channels,
-                                                         name, step, now)
-            return {"values": values, "interval": interval, "bucket": bucket,
-                    "start": None if bucket is None else bucket * interval}
+            answer = yield self.costly(request, self._latest_channels, name, step, now)
+            return answer
         if not name:
             raise BadRequest("missing name")
         raise NotFound("unknown query %r (dispatcher, nhit, nhit_hist, occupancy, cmos, base)"
                        % (name,))
+
+    # -- runs, run occupancy by type, clock jumps, nhit by type (issue 13) ---------------
+
+    def _nhit_hist_of(self, request, now):
+        """/query?name=nhit_hist&trigger=X[&seconds=N | &start=..&stop=..[&now=..]]: the
+        exact nhit histogram of one event type (a trigger name, polling, NONE, or TOTAL:
+        all events) over the last N s or a window (its complete buckets)."""
+        trigger = arg(request, "trigger") or "TOTAL"
+        if trigger != "TOTAL" and trigger not in C.EVENT_TYPES:
+            raise NotFound("unknown trigger %r (%s, TOTAL)" % (trigger,
+                                                             ", ".join(C.EVENT_TYPES)))
+        if arg(request, "start") not in (None, ""):
+            start, stop, _ = parse_window(arg(request, "start"), arg(request, "stop"), "1",
+                                          arg(request, "now"), now, max_points=10 ** 10)
+        else:
+            seconds = parse_int(arg(request, "seconds"), "seconds", 1,
+                                C.NHIT_HIST_MAX_SECONDS, default=10)
+            interval = C.NHIT_HIST_INTERVAL if seconds <= 600 else 60
+            stop = (int(now) // interval) * interval
+            start = stop - -(-seconds // interval) * interval
+        d = self.costly(request, self.history.nhit_hist, trigger, start, stop, now,
+                        C.NHIT_RANGE_BUCKETS)
+        d.addCallback(lambda out: dict(out, trigger=trigger))
+        return d
+
+    def _run_number(self, request, required=True):
+        """The `run` parameter: a run number, or `current` (the newest run); None when
+        absent and not required."""
+        text = arg(request, "run")
+        if text in (None, ""):
+            if required:
+                raise BadRequest("missing run (a run number or 'current')")
+            return None
+        if text == "current":
+            return "current"
+        return parse_int(text, "run", 0, 2 ** 32 - 1)
+
+    @defer.inlineCallbacks
+    def _resolve_run(self, run):
+        if run == "current":
+            run = yield self.history.current_run()
+            if run is None:
+                raise NotFound("no run yet")
+        return run
+
+    @app.route("/get_runs", methods=["GET", "HEAD"])
+    @json_route
+    def get_runs(self, request):
+        """{"runs": [summary, ...] newest first, "current": run}: ?limit=N (default 100),
+        ?before=RUN (older ones), or ?start=&stop= (the runs overlapping a window)."""
+        limit = parse_int(arg(request, "limit"), "limit", 1, RUNS_PER_ANSWER, default=100)
+        before = arg(request, "before")
+        before = None if before in (None, "") else parse_int(before, "before", 0,
+                                                               2 ** 32 - 1)
+        start = stop = None
+        if arg(request, "start") not in (None, "") or arg(request, "stop") not in (None, ""):
+            start, stop, _ = parse_window(arg(request, "start"), arg(request, "stop"), "1",
+                                          arg(request, "now"), self.now(),
+                                          max_points=10 ** 10)
+        return self.costly(request, self.history.runs, limit, start, stop, before)
+
+    @app.route("/get_run", methods=["GET", "HEAD"])
+    @json_route
+    @defer.inlineCallbacks
+    def get_run(self, request):
+        """One run's summary (as in /get_runs), with `occupancy_types`: the event types of
+        which /run_occupancy has a map for it. ?run=N or ?run=current."""
+        run = yield self._resolve_run(self._run_number(request))
+        summary = yield self.history.run(run)
+        if summary is None:
+            raise NotFound("no record of run %d" % (run,))
+        summary["occupancy_types"] = yield self.history.run_occupancy_types(run)
+        return summary
+
+    @app.route("/run_occupancy", methods=["GET", "HEAD"])
+    @json_route
+    @defer.inlineCallbacks
+    def run_occupancy(self, request):
+        """The occupancy of every channel for one event type in one run: ?run=N (or
+        current)&trigger=X (a trigger name, polling or NONE) -> {"run", "trigger",
+        "events", "hits": [10240 hits], "values": [10240 hits / events, null for a
+        channel without hits]}; 404 when no pull worker followed that type in that run."""
+        run = yield self._resolve_run(self._run_number(request))
+        trigger = arg(request, "trigger")
+        if not trigger:
+            raise BadRequest("missing trigger (%s)" % ", ".join(C.EVENT_TYPES))
+        if trigger not in C.EVENT_TYPES:
+            raise NotFound("unknown trigger %r (%s)" % (trigger, ", ".join(C.EVENT_TYPES)))
+        out = yield self.costly(request, self.history.run_occupancy, run, trigger)
+        if not out["partials"]:
+            raise NotFound("no occupancy of %s events in run %d" % (trigger, run))
+        out.update({"run": run, "trigger": trigger})
+        return out
+
+    @app.route("/get_clock_jumps", methods=["GET", "HEAD"])
+    @json_route
+    @defer.inlineCallbacks
+    def get_clock_jumps(self, request):
+        """{"jumps": [...]} newest first (?limit=N, default 100): time (unix s), gtid,
+        previous_gtid, d10 and d50 (signed ticks of 100 ns and 20 ns), kind, run."""
+        limit = parse_int(arg(request, "limit"), "limit", 1, C.CLOCK_JUMPS_KEPT, default=100)
+        jumps = yield self.history.clock_jumps(limit)
+        return {"jumps": jumps, "kept": C.CLOCK_JUMPS_KEPT}
+
+    @defer.inlineCallbacks
+    def _latest_channels(self, name, step, now):
+        """/query?name=occupancy|cmos|base: the newest finalised bucket of the interval
+        asked for (final true); when none is there yet (the first day of a 1-day window, a
+        fresh start), the bucket being filled, summed from the workers' partials so far
+        (final false, `stop` = now); without those, the newest finalised bucket of a finer
+        interval (`interval` < `asked`). The best data there are, said as such, rather
+        than an empty map."""
+        interval, bucket, values = yield self.reads.latest_channels(name, step, now)
+        if bucket is not None:
+            return {"values": values, "interval": interval, "asked": interval,
+                    "bucket": bucket, "start": bucket * interval,
+                    "stop": (bucket + 1) * interval, "final": True}
+        asked = interval
+        bucket, values, _ = yield self.reads.open_channels(name, interval, now)
+        if bucket is not None:
+            return {"values": values, "interval": interval, "asked": asked, "bucket": bucket,
+                    "start": bucket * interval,
+                    "stop": min(int(now), (bucket + 1) * interval), "final": False}
+        # no partial either (the workers' partials gone): the newest finer finalised bucket
+        for finer in sorted((h for h in C.HASH_INTERVALS if h < asked), reverse=True):
+            interval, bucket, values = yield self.reads.latest_channels(name, finer, now)
+            if bucket is not None:
+                return {"values": values, "interval": interval, "asked": asked,
+                        "bucket": bucket, "start": bucket * interval,
+                        "stop": (bucket + 1) * interval, "final": True}
+        return {"values": values, "interval": asked, "asked": asked, "bucket": None,
+                "start": None, "stop": None, "final": False}
 
     @defer.inlineCallbacks
     def _nhit_samples(self, seconds, now):
@@ -685,6 +888,71 @@ class Site:
         start = arg(request, "start")
         start = None if start in (None, "") else parse_int(start, "start", -10 ** 12, 10 ** 15)
         return self.reads.alarms(start=start)
+
+    @app.route("/alarm_acks", methods=["GET", "HEAD"])
+    @json_route
+    def alarm_acks(self, request):
+        """Who acknowledged which alarm, when (store/acks.py); `version` = the one the
+        screen has: then just {"version"} while nothing changed."""
+        version = arg(request, "version")
+        version = None if version in (None, "") else parse_int(version, "version", 0, 2 ** 62)
+        return alarm_acks.read_acks(self.redis, version)
+
+    @app.route("/ack_alarm", methods=["POST"])
+    @json_route
+    @defer.inlineCallbacks
+    def ack_alarm(self, request):
+        """POST {"name", "ids"} (JSON, same-origin only: web/acks.py): acknowledge alarms
+        for every screen. 400 with the reason for a bad name or id, or an id that is not
+        an alarm (nothing is stored then); 403 cross-site; 413 too large."""
+        try:
+            ack_checks.check_same_origin(request)
+            name, ids = ack_checks.parse_ack(request)
+            answer = yield alarm_acks.acknowledge(self.redis, ids, name, self.now())
+        except ack_checks.Refused as e:
+            request.setResponseCode(e.code)
+            return {"error": str(e)}
+        except alarm_acks.MissingAlarms as e:
+            raise BadRequest("%s (alarms are kept %d h): nothing acknowledged"
+                             % (e, C.ALARM_TTL // 3600))
+        self.stats.incr("alarm_acks")
+        return answer
+
+    @app.route("/health", methods=["GET", "HEAD"])
+    @page_route
+    def health_page(self, request):
+        return "health.html", {"page": "health", "title": "Channel health",
+                               "reason_max": channel_health.REASON_MAX}
+
+    @app.route("/get_health", methods=["GET", "HEAD"])
+    @json_route
+    def get_health(self, request):
+        """Channel health (web/health.py): open and recent closed findings, masks."""
+        closed = parse_int(arg(request, "closed"), "closed", 0, channel_health.CLOSED_MAX,
+                           default=channel_health.CLOSED_DEFAULT)
+        return channel_health.health_answer(self.reads.redis, self.now(), closed,
+                                            self.masking.enabled)
+
+    @app.route("/mask_channel", methods=["POST"])
+    @json_route
+    @defer.inlineCallbacks
+    def mask_channel(self, request):
+        """POST {"action", "crate", "card", "channel", "reason"} (JSON, same origin, Basic
+        credentials of a user of --auth-file: web/health.py): mask or unmask a channel.
+        400 bad field, 401 credentials, 403 cross-site or masking off, 413, 429."""
+        try:
+            answer = yield self.masking.post(self.redis, request, self.now())
+        except channel_health.Refused as e:
+            request.setResponseCode(e.code)
+            for name, value in e.headers.items():
+                request.setHeader(name, value)
+            return {"error": str(e)}
+        self.stats.incr("channel_masks")
+        self.log.info("channel health: {user} {action}ed crate {crate} card {card} channel "
+                      "{channel}", user=answer["by"], action=answer["action"],
+                      crate=answer["index"] >> 9, card=answer["index"] >> 5 & 15,
+                      channel=answer["index"] & 31)
+        return answer
 
     @app.route("/get_l2", methods=["GET", "HEAD"])
     @json_route

@@ -246,6 +246,9 @@ class StreamHub:
 
     log = Logger()
 
+    #: store.replica.ReplicaLag of a web process reading a replica (Site sets it)
+    replica_lag = None
+
     def __init__(self, reads, clock, stats=None, interval=STREAM_INTERVAL,
                  drop_after=STREAM_DROP_AFTER, max_unsent=STREAM_MAX_UNSENT,
                  unread_slack=STREAM_UNREAD_SLACK, stale_after=STALE_AFTER,
@@ -375,6 +378,12 @@ class StreamHub:
         d.addBoth(done)
         return d
 
+    def replica_state(self):
+        """The Redis replica's lag when the pages read from one (store/replica.py
+        ReplicaLag.state(): lag, behind, link), else None."""
+        lag = self.replica_lag
+        return None if lag is None else lag.state()
+
     @defer.inlineCallbacks
     def snapshot(self, now):
         started = time.monotonic()
@@ -389,15 +398,18 @@ class StreamHub:
         snap["stale"] = staleness(now, self.last_events, self.last_heartbeat, self.stale_after)
         snap["heartbeat_age"] = snap["stale"]["heartbeat_age"]
         snap["server_time"] = round(now, 3)
+        snap["replica"] = self.replica_state()
         snap["alarms"] = []
         count = snap.pop("alarm_count")
-        if count is not None:
-            if self.alarm_next is None or count < self.alarm_next:
-                self.alarm_next = count  # first message, or the counter was reset
-            elif count > self.alarm_next:
-                got = yield self.reads.alarms(start=self.alarm_next, limit=ALARMS_PER_MESSAGE)
-                snap["alarms"] = got["alarms"]
-                self.alarm_next = max(self.alarm_next, got["latest"] + 1)
+        # no alarms:count yet means no alarm ever: the first one raised is alarms:0, and
+        # it is sent like any other (it used to be taken as the starting point)
+        seen = 0 if count is None else count
+        if self.alarm_next is None or seen < self.alarm_next:
+            self.alarm_next = seen  # first message, or the counter was reset
+        elif seen > self.alarm_next:
+            got = yield self.reads.alarms(start=self.alarm_next, limit=ALARMS_PER_MESSAGE)
+            snap["alarms"] = got["alarms"]
+            self.alarm_next = max(self.alarm_next, got["latest"] + 1)
         snap["latest_alarm"] = None if count is None else count - 1
         self.count("stream_snapshots")
         if self.stats is not None:
@@ -415,6 +427,7 @@ class StreamHub:
             "stale": {"stale": True, "severe": True,
                       "reason": "the web server cannot read Redis",
                       "events_age": None, "heartbeat_age": None},
+            "replica": self.replica_state(),
             "alarms": [],
         }
 

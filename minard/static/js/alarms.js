@@ -1,13 +1,16 @@
-/* Alarms page: live, newest first, coloured by level, audible, acknowledgeable.
+/* Alarms page: live, newest first, coloured by level, audible, acknowledged for everyone.
  *
  * Loads get_alarm?start=-1000 (every alarm of the last 24 h, up to MAX_ROWS), then polls
  * get_alarm?start=<latest+1> every second.
+ * Acknowledging is the server's record, the same on every screen: the shifter types a
+ * name once (remembered by this browser), "Acknowledge" posts ack_alarm, and every screen
+ * (this one included) learns who acknowledged which alarm when from alarm_acks, polled
+ * by minard.js (window.MinardAlarmAcks), and shows it in the row.
  * An unacknowledged alarm of level >= 40 that arrived while the page is open (or is
  * younger than RING_RECENT_S) rings a two-tone beep made with the Web Audio API every
- * RING_EVERY_MS until it is acknowledged or the sound is muted. Mute lasts MUTE_FOR_MS
- * (a muted wall screen must not stay silent into the next shift); it and the
- * acknowledged alarms are kept in localStorage (per browser). Text goes in with
- * textContent only.
+ * RING_EVERY_MS until it is acknowledged (on any screen) or the sound is muted. Mute is
+ * this screen's alone (localStorage) and lasts MUTE_FOR_MS: a muted wall screen must not
+ * stay silent into the next shift. Text goes in with textContent only.
  */
 (function () {
   "use strict";
@@ -17,16 +20,19 @@
   var RING_EVERY_MS = 2500;
   var RING_RECENT_S = 300;
   var DANGER = 40;
-  var ACK_KEY = "minard.alarms.acked";
   var MUTE_KEY = "minard.alarms.muted-until";
+  var NAME_KEY = "minard.alarms.name";
   var MUTE_FOR_MS = 3600 * 1000;
   var NAMES = { 10: "DEBUG", 20: "INFO", 21: "SUCCESS", 30: "WARNING", 40: "DANGER",
                 50: "CRITICAL" };
 
   var tbody = document.getElementById("alarms");
   if (!tbody) { return; }
+  var acks = window.MinardAlarmAcks;
   var muteButton = document.getElementById("mute");
   var ackAllButton = document.getElementById("ack-all");
+  var nameInput = document.getElementById("ack-name");
+  var ackState = document.getElementById("ack-state");
   var countNode = document.getElementById("alarm-count");
   var soundNote = document.getElementById("sound-note");
   var stateNode = document.getElementById("alarm-state");
@@ -41,16 +47,6 @@
   }
   function save(key, value) {
     try { window.localStorage.setItem(key, JSON.stringify(value)); } catch (e) { /* ignore */ }
-  }
-
-  /* An alarm's identity: id and time (ids restart if Redis is ever flushed). */
-  function alarmKey(a) { return a.id + "@" + a.time; }
-  var acked = {};
-  (load(ACK_KEY, []) || []).forEach(function (k) { acked[k] = true; });
-  function saveAcked() {
-    // keep only what is still shown (alarms live 24 h): the list cannot grow forever
-    var keep = Object.keys(acked).filter(function (k) { return byKey[k]; });
-    save(ACK_KEY, keep);
   }
 
   /* -- sound ------------------------------------------------------------------------ */
@@ -101,7 +97,7 @@
     var muted = isMuted();
     muteButton.setAttribute("aria-pressed", muted ? "true" : "false");
     Minard.text(muteButton, muted
-      ? "Sound muted until " + new Date(mutedUntil).toISOString().slice(11, 16) +
+      ? "Sound muted on this screen until " + new Date(mutedUntil).toISOString().slice(11, 16) +
         " UTC (click to unmute)"
       : "Mute sound for 1 hour");
   }
@@ -115,8 +111,31 @@
   showMute();
   setInterval(showMute, 30000);  // the button says so when the mute has run out
 
+  /* -- who acknowledges ------------------------------------------------------------- */
+  if (nameInput) {
+    nameInput.value = load(NAME_KEY, "") || "";
+    nameInput.addEventListener("input", function () {
+      save(NAME_KEY, nameInput.value.trim());
+      nameInput.classList.remove("invalid");
+      say("");
+    });
+  }
+  function say(text, bad) {
+    Minard.text(ackState, text);
+    if (ackState) { ackState.className = "hint" + (bad ? " bad-text" : ""); }
+  }
+  function ackerName() {
+    var name = nameInput ? nameInput.value.trim() : "";
+    if (!name && nameInput) {
+      nameInput.classList.add("invalid");
+      nameInput.focus();
+      say("Type your name first: every screen shows who acknowledged.", true);
+    }
+    return name;
+  }
+
   /* -- rows ------------------------------------------------------------------------- */
-  var byKey = {};     // alarm key -> {alarm, row, live}
+  var byId = {};      // alarm id -> {alarm, row, live}
   var latest = null;  // the newest id seen
   var loadedAt = Date.now() / 1000;
 
@@ -137,89 +156,127 @@
     if (isNaN(d.getTime())) { return String(iso); }
     return d.toISOString().replace("T", " ").slice(0, 19);
   }
+  /* The acknowledgement's time: the clock time, with the date when it is not today. */
+  function ackTime(iso) {
+    var d = new Date(iso);
+    if (isNaN(d.getTime())) { return String(iso); }
+    var text = d.toISOString(), today = new Date(Minard.nowSeconds() * 1000).toISOString();
+    return (text.slice(0, 10) === today.slice(0, 10) ? "" : text.slice(0, 10) + " ") +
+      text.slice(11, 19) + " UTC";
+  }
   function ageSeconds(a) {
     var t = Date.parse(a.time);
     return isNaN(t) ? Infinity : Minard.nowSeconds() - t / 1000;
   }
+  function isAcked(id) { return !!(acks && acks.get(id)); }
 
-  function ack(key) {
-    var entry = byKey[key];
-    if (!entry) { return; }
-    acked[key] = true;
-    entry.row.classList.add("acked");
-    saveAcked();
-    refresh();
+  function acknowledge(ids, button) {
+    var name = ackerName();
+    if (!name || !ids.length || !acks) { return; }
+    if (button) { button.disabled = true; }
+    say("acknowledging…");
+    acks.post(ids, name).then(function (r) {
+      var n = (r.acknowledged || []).length, before = (r.already || []).length;
+      say(n ? "acknowledged " + n + " alarm" + (n === 1 ? "" : "s") + " as " + r.by +
+              (before ? " (" + before + " already acknowledged by someone else)" : "")
+            : "already acknowledged by someone else");
+    }, function (err) {
+      if (button) { button.disabled = false; }
+      say("not acknowledged: " + err.message, true);
+    });
+  }
+
+  /* The acknowledgement cell: a button, or who acknowledged and when. */
+  function showAck(entry) {
+    var id = entry.alarm.id, record = acks ? acks.get(id) : undefined;
+    var cell = entry.row.querySelector("td.ack");
+    var state = record ? "by:" + record.by + "@" + record.time : "open";
+    if (cell.dataset.state === state) { return; }
+    cell.dataset.state = state;
+    cell.textContent = "";
+    entry.row.classList.toggle("acked", !!record);
+    if (record) {
+      var who = Minard.el("span", "acked-by");
+      who.appendChild(Minard.el("span", "ack-mark", "✓ "));
+      who.appendChild(Minard.el("span", "ack-name", record.by));
+      who.appendChild(Minard.el("span", "ack-time", " · " + ackTime(record.time)));
+      who.title = "acknowledged by " + record.by + " at " + formatTime(record.time) + " UTC";
+      cell.appendChild(who);
+      return;
+    }
+    var button = Minard.el("button", "ack-button", "Acknowledge");
+    button.type = "button";
+    button.addEventListener("click", function () { acknowledge([id], button); });
+    cell.appendChild(button);
   }
 
   function makeRow(a) {
     var level = Number(a.level);
     var lc = levelClass(level);
     var tr = Minard.el("tr", "alarm level-row-" + lc);
-    var key = alarmKey(a);
-    tr.dataset.key = key;
+    tr.dataset.id = String(a.id);
     tr.dataset.level = String(level);
     tr.appendChild(Minard.el("td", "time", formatTime(a.time)));
     var lvl = Minard.el("td", "lvl");
     lvl.appendChild(Minard.el("span", "level level-" + lc, levelName(level)));
     tr.appendChild(lvl);
     tr.appendChild(Minard.el("td", "msg", a.message === undefined ? "" : String(a.message)));
-    var cell = Minard.el("td", "ack");
-    var button = Minard.el("button", "ack-button", "Acknowledge");
-    button.type = "button";
-    button.addEventListener("click", function () { ack(key); });
-    cell.appendChild(button);
-    tr.appendChild(cell);
-    if (acked[key]) { tr.classList.add("acked"); }
+    tr.appendChild(Minard.el("td", "ack"));
     return tr;
   }
 
   /* alarms: ascending ids; live: arrived after the first load */
   function add(alarms, live) {
     alarms.forEach(function (a) {
-      if (!a || a.id === undefined) { return; }
-      var key = alarmKey(a);
-      if (byKey[key]) { return; }
+      if (!a || typeof a.id !== "number") { return; }
+      var id = String(a.id);
+      if (byId[id]) { return; }
       var row = makeRow(a);
       if (live) { row.classList.add("new"); }
       tbody.insertBefore(row, tbody.firstChild); // newest first
-      byKey[key] = { alarm: a, row: row, live: live };
+      byId[id] = { alarm: a, row: row, live: live };
+      showAck(byId[id]);
     });
     while (tbody.rows.length > MAX_ROWS) {
       var last = tbody.rows[tbody.rows.length - 1];
-      delete byKey[last.dataset.key];
+      delete byId[last.dataset.id];
       tbody.removeChild(last);
     }
   }
 
   function ringing() {
-    return Object.keys(byKey).filter(function (k) {
-      var e = byKey[k];
-      return !acked[k] && Number(e.alarm.level) >= DANGER &&
+    return Object.keys(byId).filter(function (id) {
+      var e = byId[id];
+      return !isAcked(id) && Number(e.alarm.level) >= DANGER &&
              (e.live || ageSeconds(e.alarm) < RING_RECENT_S);
     });
   }
 
   function refresh() {
     var total = tbody.rows.length;
-    var open = Object.keys(byKey).filter(function (k) {
-      return !acked[k] && Number(byKey[k].alarm.level) >= DANGER;
+    var ids = Object.keys(byId);
+    var open = ids.filter(function (id) {
+      return !isAcked(id) && Number(byId[id].alarm.level) >= DANGER;
     }).length;
     Minard.text(countNode, (total >= MAX_ROWS ? "the newest " + total + " alarms" :
                             total + " alarm" + (total === 1 ? "" : "s") + " in the last 24 h") +
                 (open ? " · " + open + " unacknowledged at level ≥ 40" : ""));
     if (countNode) { countNode.className = "hint" + (open ? " bad-text" : ""); }
     document.title = (open ? "(" + open + ") " : "") + baseTitle;
-    if (ackAllButton) { ackAllButton.disabled = !Object.keys(byKey).some(function (k) { return !acked[k]; }); }
+    if (ackAllButton) { ackAllButton.disabled = !ids.some(function (id) { return !isAcked(id); }); }
   }
+
+  function showAcks() {
+    Object.keys(byId).forEach(function (id) { showAck(byId[id]); });
+    refresh();
+  }
+  if (acks) { acks.on(showAcks); }
 
   if (ackAllButton) {
     ackAllButton.addEventListener("click", function () {
-      Object.keys(byKey).forEach(function (k) {
-        acked[k] = true;
-        byKey[k].row.classList.add("acked");
-      });
-      saveAcked();
-      refresh();
+      var ids = Object.keys(byId).filter(function (id) { return !isAcked(id); })
+        .map(Number).sort(function (a, b) { return a - b; });
+      acknowledge(ids, null);
     });
   }
 
@@ -236,9 +293,8 @@
       var newest = typeof r.latest === "number" ? r.latest : -1;
       if (latest !== null && newest < latest) { // the counter went back: start again
         tbody.textContent = "";
-        byKey = {};
+        byId = {};
         latest = null;
-        busy = false;
         poll(true);
         return;
       }
@@ -257,6 +313,6 @@
 
   poll(true);
   setInterval(function () { poll(false); }, POLL_MS);
-  window.MinardAlarms = { ringing: ringing, ack: ack, isMuted: isMuted,
+  window.MinardAlarms = { ringing: ringing, acknowledge: acknowledge, isMuted: isMuted,
                           loadedAt: loadedAt };
 }());

@@ -1,22 +1,91 @@
-/* Detector: occupancy of all 10240 channels, refreshed every 5 s. */
+/* Detector: occupancy of all 10240 channels, refreshed every 5 s.
+
+   The window (5 s, 1 min, 1 day) shows the newest finalised bucket; when there is none yet
+   (the first day of the 1-day window) the server answers the bucket being filled ("final":
+   false) or a finer one ("interval" < "asked"), and the page says which. Whatever the map
+   shows, the legend, histograms and tooltip are of those data: when the data go, they go.
+   Window and scale are kept in the URL (window=, scale=, lo=, hi=). */
 (function () {
   "use strict";
   var $ = function (id) { return document.getElementById(id); };
+  var UNIT = "hits/event";
+  var WINDOWS = { "5": "5 s", "60": "1 min", "86400": "1 day" };
   var tooltip = $("det-tooltip");
   var map = new Minard.CrateMap($("det-crates"), { onHover: function (t) { Minard.text(tooltip, t); },
-                                                   format: function (v) { return v.toExponential(2); } });
-  var hist = Minard.histogram($("det-hist"), { label: "channels", xFormat: function (v) { return v.toExponential(1); } });
-  var histLog = Minard.histogram($("det-hist-log"), { log: true, label: "channels", xFormat: function (v) { return v.toExponential(1); } });
-  var last = null, timer = null;
+                                                   format: function (v) { return v.toExponential(2); },
+                                                   unit: UNIT });
+  if (Minard.healthMarks) { Minard.healthMarks.attach(map); } // flagged channels outlined
+  var hist = Minard.histogram($("det-hist"), { label: "channels", xLabel: "occupancy (" + UNIT + ")", xFormat: function (v) { return v.toExponential(1); } });
+  var histLog = Minard.histogram($("det-hist-log"), { log: true, label: "channels", xLabel: "occupancy (" + UNIT + ")", xFormat: function (v) { return v.toExponential(1); } });
+  var last = null, timer = null, generation = 0;
 
   function percentile(sorted, q) { return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]; }
+
+  function readState() {
+    var p = new URLSearchParams(location.search);
+    $("det-window").value = WINDOWS[p.get("window")] ? p.get("window") : "60";
+    var lo = parseFloat(p.get("lo")), hi = parseFloat(p.get("hi"));
+    if (p.get("scale") === "fixed" && isFinite(lo) && isFinite(hi)) {
+      $("det-scale").value = "fixed";
+      $("det-lo").value = lo;
+      $("det-hi").value = hi;
+    } else {
+      $("det-scale").value = "auto";
+    }
+  }
+
+  function writeState() {
+    var p = new URLSearchParams(location.search);
+    var set = function (k, v) { if (v === null) { p.delete(k); } else { p.set(k, v); } };
+    set("window", $("det-window").value === "60" ? null : $("det-window").value);
+    var fixed = $("det-scale").value === "fixed";
+    set("scale", fixed ? "fixed" : null);
+    set("lo", fixed ? $("det-lo").value : null);
+    set("hi", fixed ? $("det-hi").value : null);
+    history.replaceState(null, "", "?" + p.toString());
+  }
+
+  /* No data to show: nothing of the data shown before stays on the screen. */
+  function showNothing(text, cls) {
+    map.clear();
+    Minard.legend($("det-legend-bar"), null);
+    Minard.text($("det-legend-lo"), "");
+    Minard.text($("det-legend-hi"), "");
+    hist.setBins([], []);
+    histLog.setBins([], []);
+    Minard.text($("det-summary"), "no data");
+    Minard.text($("det-info"), text);
+    $("det-info").className = cls || "hint nodata";
+  }
+
+  var NOUNS = { "5": "5-s bucket", "60": "minute", "86400": "day" };
+  function noun(interval) { return NOUNS[String(interval)] || interval + "-s bucket"; }
+
+  function describe(answer, n) {
+    var what = noun(answer.asked || answer.interval);
+    if (answer.final === false) {
+      return { cls: "hint warn-text",
+               text: "no finalised " + what + " yet — showing this " + what + " so far (not final): " +
+                     Minard.fmtTime(answer.start) + " → " + Minard.fmtTime(answer.stop) + " UTC · " + n + " channels with data" };
+    }
+    if (answer.asked && answer.interval !== answer.asked) {
+      return { cls: "hint warn-text",
+               text: "no " + what + " of data yet — showing the last " + noun(answer.interval) + ": " +
+                     Minard.fmtTime(answer.start) + " UTC + " + answer.interval + " s · " + n + " channels with data" };
+    }
+    return { cls: "hint", text: n + " channels with data · bucket " + Minard.fmtTime(answer.start) + " UTC + " + answer.interval + " s" };
+  }
 
   function draw() {
     if (!last) { return; }
     var values = last.values;
     var present = values.filter(function (v) { return v !== null; }).sort(function (a, b) { return a - b; });
+    if (!present.length) {
+      showNothing("no occupancy for the " + (WINDOWS[$("det-window").value] || "") + " window yet");
+      return;
+    }
     var lo, hi;
-    if ($("det-scale").value === "auto" && present.length) {
+    if ($("det-scale").value === "auto") {
       lo = percentile(present, 0.01);
       hi = percentile(present, 0.99);
       $("det-lo").value = +lo.toPrecision(3);
@@ -30,19 +99,10 @@
     map.draw(values, colour);
     Minard.legend($("det-legend-bar"), colour, lo, hi);
     Minard.text($("det-legend-lo"), lo.toExponential(2));
-    Minard.text($("det-legend-hi"), hi.toExponential(2));
-    if (!present.length) {
-      Minard.text($("det-info"), "no finalised occupancy for this window");
-      $("det-info").className = "hint nodata";
-      hist.setBins([], []);
-      histLog.setBins([], []);
-      Minard.text($("det-summary"), "no data");
-      return;
-    }
-    var start = last.start;
-    Minard.text($("det-info"), present.length + " channels with data · bucket " + Minard.fmtTime(start) +
-                " UTC + " + last.interval + " s");
-    $("det-info").className = "hint";
+    Minard.text($("det-legend-hi"), hi.toExponential(2) + " " + UNIT);
+    var info = describe(last, present.length);
+    Minard.text($("det-info"), info.text);
+    $("det-info").className = info.cls;
     var top = hi + (hi - lo);
     var shown = present.filter(function (v) { return v <= top; });
     hist.setValues(shown, 50);
@@ -55,19 +115,31 @@
 
   function load() {
     if (timer) { clearTimeout(timer); }
+    var mine = ++generation;
     Minard.getJSON("query?name=occupancy&step=" + $("det-window").value).then(function (answer) {
+      if (mine !== generation) { return; }
       last = answer;
       draw();
     }).catch(function (err) {
-      Minard.text($("det-info"), "cannot load occupancy: " + err.message);
-      $("det-info").className = "hint bad-text";
-    }).then(function () { timer = setTimeout(load, 5000); });
+      if (mine !== generation) { return; }
+      last = null;
+      showNothing("cannot load occupancy: " + err.message, "hint bad-text");
+    }).then(function () {
+      if (mine === generation) { timer = setTimeout(function () { Minard.pause.whenLive(load); }, 5000); }
+    });
   }
 
-  $("det-window").addEventListener("change", load);
-  $("det-scale").addEventListener("change", draw);
-  ["det-lo", "det-hi"].forEach(function (id) {
-    $(id).addEventListener("change", function () { $("det-scale").value = "fixed"; draw(); });
+  $("det-window").addEventListener("change", function () {
+    writeState();
+    last = null;
+    showNothing("loading the " + WINDOWS[$("det-window").value] + " window…", "hint");
+    load();
   });
+  $("det-scale").addEventListener("change", function () { writeState(); draw(); });
+  ["det-lo", "det-hi"].forEach(function (id) {
+    $(id).addEventListener("change", function () { $("det-scale").value = "fixed"; writeState(); draw(); });
+  });
+  window.addEventListener("popstate", function () { readState(); last = null; load(); });
+  readState();
   load();
 }());

@@ -1,4 +1,6 @@
-/* Graph: one /metric series over the chosen window, zoomable, with its histograms. */
+/* Graph: one /metric series over the chosen window, zoomable, with its histograms (of
+   the points that have a value: a gap is not a 0). Re-read every max(step, 5) s while the
+   window is live and the page is not paused. */
 (function () {
   "use strict";
   var name = document.getElementById("graph").dataset.name;
@@ -8,13 +10,15 @@
   var exprs = masked ? [name].concat(["heartbeat", "TOTAL"].filter(function (e) { return e !== name; })) : [name];
   var isRaw = ["gtid", "run", "subrun", "heartbeat", "l2-heartbeat", "L2:gtid", "L2:run"].indexOf(name) >= 0;
   var fmt = isRaw ? Minard.fmtInt : Minard.fmtSI;
+  var title = Minard.yTitle(name);
   var chart = Minard.chart(document.getElementById("graph-chart"), {
-    series: [{ label: name }], height: 320, fill: true, yFormat: fmt,
+    series: [{ label: name }], height: 320, fill: true, yFormat: fmt, yLabel: title,
     onZoom: function (a, b) { Minard.timeRange.zoom(a, b); },
     onZoomReset: function () { Minard.timeRange.reset(); }
   });
-  var hist = Minard.histogram(document.getElementById("graph-hist"), { xFormat: fmt });
-  var histLog = Minard.histogram(document.getElementById("graph-hist-log"), { log: true, xFormat: fmt });
+  var histOpts = { xFormat: fmt, xLabel: title, label: "points" };
+  var hist = Minard.histogram(document.getElementById("graph-hist"), histOpts);
+  var histLog = Minard.histogram(document.getElementById("graph-hist-log"), Object.assign({ log: true }, histOpts));
   var summary = document.getElementById("graph-summary");
   var latestEl = document.getElementById("graph-latest");
   var timer = null, generation = 0;
@@ -26,9 +30,10 @@
                                              step: w.step, now: Minard.nowSeconds() })).then(function (answer) {
       if (mine !== generation) { return; }
       var values = masked ? answer.values || {} : { main: answer.values };
-      var ys = (values[masked ? name : "main"] || []).map(Minard.num);
       var xs = [];
       for (var t = w.start; t < w.stop; t += w.step) { xs.push(t); }
+      var raw = values[masked ? name : "main"] || [];
+      var ys = xs.map(function (x, i) { return Minard.num(raw[i]); }); // missing: null, a gap
       if (masked) {
         var beat = values.heartbeat || [], total = (values.TOTAL || []).map(Minard.num);
         ys = ys.map(function (v, i) { return beat[i] === null && !(total[i] > 0) ? null : v; });
@@ -56,7 +61,9 @@
       summary.className = "message bad-text";
     }).then(function () {
       if (mine === generation && w.live) {
-        timer = setTimeout(function () { load(Minard.timeRange.current()); }, Math.max(w.step, 5) * 1000);
+        timer = setTimeout(function () {
+          Minard.pause.whenLive(function () { load(Minard.timeRange.current()); }, load);
+        }, Math.max(w.step, 5) * 1000);
       }
     });
   }

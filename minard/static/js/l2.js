@@ -52,7 +52,7 @@
       Minard.text(document.getElementById("l2-updated"), "updated " + new Date().toISOString().slice(11, 19) + " UTC");
     }).catch(function (err) {
       Minard.text(document.getElementById("l2-updated"), "cannot load: " + err.message);
-    }).then(function () { setTimeout(refreshTables, 20000); });
+    }).then(function () { setTimeout(function () { Minard.pause.whenLive(refreshTables); }, 20000); });
   }
   refreshTables();
 }());

@@ -1,5 +1,6 @@
 /* Nearline: the run form goes to nearline/<run> (a path, not ?run=); the results are read
-   again every POLL_MS (the server renders them escaped; the parsed copy runs no script). */
+   again every POLL_MS, not while the page is paused (the server renders them escaped; the
+   parsed copy runs no script). */
 (function () {
   "use strict";
   var POLL_MS = 10000;
@@ -25,7 +26,7 @@
     }).catch(function (err) {
       Minard.text(updated, "cannot refresh: " + err.message);
       updated.className = "hint bad-text";
-    }).then(function () { setTimeout(refresh, POLL_MS); });
+    }).then(function () { setTimeout(function () { Minard.pause.whenLive(refresh); }, POLL_MS); });
   }
-  setTimeout(refresh, POLL_MS);
+  setTimeout(function () { Minard.pause.whenLive(refresh); }, POLL_MS);
 }());

@@ -1,4 +1,7 @@
-/* NHit: exact nhit histograms, 10 s from /stream, 60 s polled every 5 s. */
+/* NHit: exact nhit histograms, 10 s from /stream, 60 s polled every 5 s (not while the
+   page is paused). The x range is kept in the URL (?x=auto|100|300|1000|all), and so is
+   the event type (?trigger=100L, polling, NONE ...: then the 10 s histogram is polled
+   too, query?name=nhit_hist&trigger=, the per-type histograms of the pull workers). */
 (function () {
   "use strict";
   var MAX_BINS = 100;
@@ -6,12 +9,26 @@
   [10, 60].forEach(function (s) {
     ["linear", "log"].forEach(function (scale) {
       charts[s + scale] = Minard.histogram(document.getElementById("nhit-" + s + "-" + scale),
-                                           { log: scale === "log", height: 260, label: "events",
+                                           { log: scale === "log", height: 260, label: "events", xLabel: "nhit",
                                              color: s === 10 ? Minard.PALETTE[0] : Minard.PALETTE[1],
                                              xFormat: Minard.fmtInt });
     });
   });
   var rangeSel = document.getElementById("nhit-range");
+  function readRange() {
+    var x = Minard.params.get("x");
+    var known = Array.prototype.some.call(rangeSel.options, function (o) { return o.value === x; });
+    rangeSel.value = known ? x : "auto";
+  }
+  readRange();
+  var triggerSel = document.getElementById("nhit-trigger");
+  function readTrigger() {
+    var t = Minard.params.get("trigger");
+    var known = triggerSel && Array.prototype.some.call(triggerSel.options, function (o) { return o.value === t; });
+    if (triggerSel) { triggerSel.value = known ? t : "TOTAL"; }
+  }
+  function trigger() { return triggerSel ? triggerSel.value : "TOTAL"; }
+  readTrigger();
   var latest = {};
 
   function quantile(nhits, events, total, q) {
@@ -27,7 +44,7 @@
     var info = document.getElementById("nhit-" + seconds + "-linear-info");
     var infoLog = document.getElementById("nhit-" + seconds + "-log-info");
     if (!total) {
-      ["linear", "log"].forEach(function (scale) { charts[seconds + scale].setBins([], []); });
+      ["linear", "log"].forEach(function (scale) { charts[seconds + scale].setBins([], [], "no events"); });
       Minard.text(info, "no events");
       Minard.text(infoLog, "no events");
       info.classList.add("nodata");
@@ -58,15 +75,41 @@
     Minard.text(infoLog, text);
   }
 
-  Minard.stream.on(function (msg) { if (msg.nhit_hist) { draw(10, msg.nhit_hist); } });
-
-  function poll60() {
-    Minard.getJSON("query?name=nhit_hist&seconds=60").then(function (h) { draw(60, h); })
-      .catch(function (err) { Minard.text(document.getElementById("nhit-60-linear-info"), "error: " + err.message); })
-      .then(function () { setTimeout(poll60, 5000); });
-  }
-  poll60();
-  rangeSel.addEventListener("change", function () {
-    Object.keys(latest).forEach(function (s) { draw(parseInt(s, 10), latest[s]); });
+  Minard.stream.on(function (msg) {
+    if (msg.nhit_hist && trigger() === "TOTAL") { draw(10, msg.nhit_hist); }
   });
+
+  function histUrl(seconds) {
+    var t = trigger();
+    return "query?name=nhit_hist&seconds=" + seconds + (t === "TOTAL" ? "" : "&trigger=" + encodeURIComponent(t));
+  }
+  function poll(seconds, every) {
+    var asked = trigger();
+    if (seconds === 10 && asked === "TOTAL") { // live from /stream: look again later
+      setTimeout(function () { poll(seconds, every); }, every);
+      return;
+    }
+    Minard.getJSON(histUrl(seconds)).then(function (h) { if (trigger() === asked) { draw(seconds, h); } })
+      .catch(function (err) { Minard.text(document.getElementById("nhit-" + seconds + "-linear-info"), "error: " + err.message); })
+      .then(function () {
+        setTimeout(function () { Minard.pause.whenLive(function () { poll(seconds, every); }, "nhit" + seconds); }, every);
+      });
+  }
+  function poll60() { poll(60, 5000); }
+  poll60();
+  poll(10, 2000);
+  if (triggerSel) {
+    triggerSel.addEventListener("change", function () {
+      Minard.params.set({ trigger: trigger() === "TOTAL" ? null : trigger() }, false);
+      [10, 60].forEach(function (s) {
+        if (s === 60 || trigger() !== "TOTAL") { Minard.getJSON(histUrl(s)).then(function (h) { draw(s, h); }); }
+      });
+    });
+  }
+  function redraw() { Object.keys(latest).forEach(function (s) { draw(parseInt(s, 10), latest[s]); }); }
+  rangeSel.addEventListener("change", function () {
+    Minard.params.set({ x: rangeSel.value === "auto" ? null : rangeSel.value }, false);
+    redraw();
+  });
+  window.addEventListener("popstate", function () { readRange(); readTrigger(); redraw(); });
 }());

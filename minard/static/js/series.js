@@ -2,8 +2,12 @@
  *
  * History comes from one metric?expr=a,b,c request for the window of the time-range
  * control; while the window is live it follows /stream (step 1, one message a second) or
- * re-reads the window every max(step, 5) s. Dragging on a chart zooms (the window goes in
- * the URL); double-click goes back. Clicking a chart (or its title) opens graph?name=.
+ * re-reads the window every max(step, 5) s (not while the page is paused). Dragging on a
+ * chart zooms (the window goes in the URL); double-click goes back. Clicking a chart (or
+ * its title) opens graph?name=. A second without a value is null: a gap, never 0.
+ *
+ * Panel attributes: data-expr, data-label, data-ylabel (y-axis title; default from
+ * Minard.yTitle), data-kind="raw" (integers), data-big, data-yzero="1" (always from 0).
  *
  * opts: live(msg, expr) -> value for a /stream message (undefined: not live),
  *       mask(values) -> optional {expr: [bool]} "no data" mask applied to rate series,
@@ -52,10 +56,12 @@
     var fmt = raw ? Minard.fmtInt : Minard.fmtSI;
     var chart = Minard.chart(box, {
       series: [{ label: panel.dataset.label || expr }],
-      height: panel.dataset.big ? 240 : 110,
+      height: panel.dataset.big ? 240 : 130,
       legend: false,
       fill: true,
       yFormat: fmt,
+      yLabel: panel.dataset.ylabel || Minard.yTitle(expr),
+      yZero: panel.dataset.yzero === "1",
       onZoom: function (a, b) { Minard.timeRange.zoom(a, b); },
       onZoomReset: function () { Minard.timeRange.reset(); }
     });
@@ -102,7 +108,8 @@
       self.ys = {};
       var now = Minard.nowSeconds();
       self.exprs.forEach(function (e) {
-        self.ys[e] = (values[e] || []).map(num);
+        // one value per point: a value the answer lacks is null (a gap), not 0
+        self.ys[e] = self.xs.map(function (x, i) { return num((values[e] || [])[i]); });
         if (w.live && Minard.isRate(e)) { Minard.dropPartial(self.xs, self.ys[e], w.step, now); }
       });
       self.applyMask(0);
@@ -113,8 +120,9 @@
     }).then(function () {
       if (generation !== self.generation) { return; }
       if (w.live && (w.step > 1 || !self.opts.live)) {
-        self.timer = setTimeout(function () { self.load(Minard.timeRange.current()); },
-                                Math.max(w.step, 5) * 1000);
+        self.timer = setTimeout(function () {
+          Minard.pause.whenLive(function () { self.load(Minard.timeRange.current()); }, self);
+        }, Math.max(w.step, 5) * 1000);
       }
     });
   };

@@ -31,13 +31,21 @@
 
   var panels = new Minard.SeriesPanels({ live: live, mask: mask, extraExprs: ["heartbeat"] });
 
+  /* EXT2–EXT8 shown or not: ?ext=1 in the URL (a reload or a link keeps it) */
   var toggle = document.getElementById("toggle-ext");
-  toggle.addEventListener("click", function () {
-    var show = toggle.getAttribute("aria-pressed") !== "true";
+  function showExt(show) {
     toggle.setAttribute("aria-pressed", show ? "true" : "false");
+    Minard.text(toggle, (show ? "hide" : "show") + " EXT2–EXT8");
     Array.prototype.forEach.call(document.querySelectorAll(".ext-trigger"), function (p) { p.hidden = !show; });
     panels.draw();
+  }
+  toggle.addEventListener("click", function () {
+    var show = toggle.getAttribute("aria-pressed") !== "true";
+    Minard.params.set({ ext: show ? "1" : null }, false);
+    showExt(show);
   });
+  showExt(Minard.params.get("ext") === "1");
+  window.addEventListener("popstate", function () { showExt(Minard.params.get("ext") === "1"); });
 
   function fact(id, value, bad) {
     var el = document.getElementById(id);

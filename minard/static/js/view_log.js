@@ -95,7 +95,22 @@
       row.hidden = !visible[row.dataset.date];
     });
   }
-  if (filter) { filter.addEventListener("change", applyFilter); }
+  /* The levels shown are in the URL (?hide=DEBUG,INFO): a reload or a link shows the same
+   * lines. Only the hidden ones are listed, so a plain link shows every level. */
+  function restoreLevels() {
+    var hide = (Minard.params.get("hide") || "").split(",");
+    Array.prototype.forEach.call(filter.querySelectorAll("input[type=checkbox]"), function (box) {
+      box.checked = hide.indexOf(box.value) < 0;
+    });
+  }
+  function saveLevels() {
+    var on = enabledLevels(), hidden = Object.keys(on).filter(function (k) { return !on[k]; });
+    Minard.params.set({ hide: hidden.join(",") || null });
+  }
+  if (filter) {
+    restoreLevels();
+    filter.addEventListener("change", function () { saveLevels(); applyFilter(); });
+  }
 
   var newestDate = null;  // date of the row at the top
   var lineCount = 0;
@@ -169,7 +184,9 @@
       busy = false;
       if (typeof r.seek === "number") { seek = r.seek; }
       add(r.lines || []);
-      Minard.text(stateNode, lineCount ? "" : "no lines yet");
+      Minard.text(stateNode, lineCount ? "" : "no lines yet: " + name +
+                  " has posted nothing to the log server (minard's own processes post " +
+                  "their warnings, errors and link changes)");
       stateNode.className = "hint";
     }, function (err) {
       busy = false;
