@@ -4,7 +4,8 @@ makes where there is nothing to find, and what judging one bucket costs Redis.
 The detector is the simulator's own model (minard.sim.detector.SyntheticDetector, with
 its few hot and dead channels, and minard.sim.dataserver.CrateReadout for the CMOS and
 BASE records), run faster than real time: for every 60-s bucket, --rate events a second
-are built as real 'PMT ' records and decoded with minard.wire.sno (hits per channel), and
+are built as real 'PMT ' records, decoded with minard.wire.sno and counted by the pull
+worker's own accumulator (minard.aggregate.events: hits per channel of the events), and
 every installed crate is read once a simulated second, its records decoded with
 minard.wire.datastream. The CMOS rate of a channel is computed as SPEC §3 says (a valid,
 masked-in count that went up, 0 < dt < 10 s), and each bucket's occupancy (hits /
@@ -15,7 +16,9 @@ bucket against a private redis-server, on a task.Clock set just after the bucket
 
 Measured per bucket: the Redis time of the service's round (SLOWLOG with a 0-µs
 threshold, reset before the round: the sum and the longest of the commands and scripts
-the service sends, TOP_LEVEL), their number, and the Python time of the round. Counted over the run: findings opened
+the service sends, TOP_LEVEL; wall time, so a Redis that waits for a CPU counts that
+wait too), Redis's main-thread CPU over the round (INFO cpu), the number of commands, and
+the Python time of the round. Counted over the run: findings opened
 (each one a false finding on a steady detector) and alarms raised. With --faults, after
 the steady run, card 3/7 is killed, channel 5/2/14 made hot and channel 2/3/4's base
 current drifts (minard.sim.faults) for --fault-minutes, then healed: the bench reports
@@ -47,6 +50,7 @@ import numpy as np  # noqa: E402
 from twisted.internet import defer, task  # noqa: E402
 
 from minard import constants as C  # noqa: E402
+from minard.aggregate.events import SecondAccumulator  # noqa: E402
 from minard.health.config import HealthConfig  # noqa: E402
 from minard.health.service import HealthService  # noqa: E402
 from minard.sim.dataserver import CrateReadout  # noqa: E402
@@ -102,11 +106,14 @@ class SimulatedBuckets:
         base_sum, base_n = np.zeros(N), np.zeros(N)
         for s in range(self.interval):
             self.now = float(b * self.interval + s)
-            n = int(self.rate)
-            batch = sno.decode_batch(self.detector.events(n))
-            if batch.hit_counts is not None:
-                hits += batch.hit_counts
-            events += batch.n_pmt_events
+            # the pull worker's own accumulator: occupancy without the orphans' hits
+            acc = SecondAccumulator(int(self.now))
+            acc.add(sno.decode_batch(self.detector.events(int(self.rate))),
+                    int(self.now * 1e6))
+            occupancy, _, _ = acc.fold()
+            if acc.events:
+                hits += occupancy
+                events += acc.events
             for crate in self.readout.crates:
                 for record_id, message in self.readout.read(crate, self.now):
                     payload = message[12:]
@@ -122,6 +129,13 @@ class SimulatedBuckets:
         out["cmos"] = channels.finalise_values(cmos_sum, cmos_n, "mean")
         out["base"] = channels.finalise_values(base_sum, base_n, "mean")
         return out
+
+
+def redis_cpu(sync):
+    """Redis's main-thread CPU seconds so far (INFO cpu)."""
+    info = dict(line.split(":", 1) for line in sync.command("INFO", "cpu").splitlines()
+                if ":" in line)
+    return float(info["used_cpu_sys_main_thread"]) + float(info["used_cpu_user_main_thread"])
 
 
 def percentile(values, q):
@@ -172,19 +186,22 @@ def measure(server, args):
                          channels.encode_final(values, denominator))
         clock.advance((b + 1) * args.interval + 2 - clock.seconds())
         before = {f["key"] for f in (service.model.findings if service.model else [])}
+        cpu_before = redis_cpu(sync)
         sync.command("SLOWLOG", "RESET")
         started = time.perf_counter()
         applied = yield service.run_once()
         python_ms = (time.perf_counter() - started) * 1000
         entries = sync.command("SLOWLOG", "GET", "10000")
+        cpu_us = (redis_cpu(sync) - cpu_before) * 1e6
         # the round's own commands (a script's inner commands are logged too, inside
         # the script's time: not counted again)
         commands = [(e[3][0].lower(), int(e[2])) for e in entries
                     if e[3][0].lower() in TOP_LEVEL]
         if k >= 1:  # the first round loads the (empty) state: not a judged bucket's cost
+            longest = max(commands, key=lambda c: c[1], default=("-", 0))
             rounds.append({"bucket": k, "applied": applied, "redis_us": sum(us for _, us in commands),
-                           "longest_us": max((us for _, us in commands), default=0),
-                           "commands": len(commands), "python_ms": python_ms})
+                           "longest_us": longest[1], "longest": longest[0],
+                           "cpu_us": cpu_us, "commands": len(commands), "python_ms": python_ms})
         after = {f["key"]: f for f in service.model.findings}
         for key in sorted(set(after) - before):
             opened.append((k, key, after[key]["summary"]))
@@ -217,7 +234,14 @@ def measure(server, args):
             "p50": percentile([r["redis_us"] for r in steady_rounds], 0.5),
             "p99": percentile([r["redis_us"] for r in steady_rounds], 0.99),
             "max": max((r["redis_us"] for r in steady_rounds), default=None)},
+        "redis_cpu_us_per_bucket": {
+            "mean": round(sum(r["cpu_us"] for r in steady_rounds) / max(1, len(steady_rounds)), 1),
+            "p50": round(percentile([r["cpu_us"] for r in steady_rounds], 0.5)),
+            "p99": round(percentile([r["cpu_us"] for r in steady_rounds], 0.99)),
+            "max": round(max(r["cpu_us"] for r in steady_rounds))},
         "longest_command_us": max((r["longest_us"] for r in rounds), default=None),
+        "slowest_commands": sorted(((r["longest_us"], r["longest"], r["bucket"]) for r in rounds),
+                                   reverse=True)[:3],
         "commands_per_bucket": percentile([r["commands"] for r in steady_rounds], 0.5),
         "python_ms_per_bucket": {
             "p50": round(percentile([r["python_ms"] for r in steady_rounds], 0.5), 1),
@@ -249,6 +273,11 @@ def report(out):
           "p50 %s us, p99 %s us, max %s us; longest single command %s us; %s commands"
           % (r["mean"], r["p50"], r["p99"], r["max"], out["longest_command_us"],
              out["commands_per_bucket"]))
+    c = out["redis_cpu_us_per_bucket"]
+    print("Redis main-thread CPU per round (INFO cpu, with the bench's SLOWLOG RESET): mean %s "
+          "us, p50 %s us, p99 %s us, max %s us" % (c["mean"], c["p50"], c["p99"], c["max"]))
+    print("slowest commands (us, command, bucket): %s" % "; ".join(
+        "%d %s %d" % x for x in out["slowest_commands"]))
     p = out["python_ms_per_bucket"]
     print("Python time of a round (judging, in the log server's reactor): p50 %s ms, max %s ms"
           % (p["p50"], p["max"]))

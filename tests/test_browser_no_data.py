@@ -14,6 +14,7 @@ and a real redis-server; headless Chromium, failing on any console error.
 Screenshots (DAQ and Detector at 1366 and 1920 px, dark and light) go to
 /tmp/minard-nodata-*.png.
 """
+import json
 import atexit
 import os
 import re
@@ -177,7 +178,8 @@ class NoDataBrowserTests(unittest.TestCase):
             self.assertIn(unit, page.locator("#daq-leg-mid").inner_text(), data)
             self.assertIn(unit, page.locator("#daq-thresholds").inner_text(), data)
             self.assertIn("median", page.locator("#daq-thresholds").inner_text(), data)
-            self.wait(page, "/[0-9]/.test(document.querySelector('#owl-latest').textContent)")
+            self.wait(page, "(t => /[0-9]/.test(t) && t.includes(%s))(document.querySelector("
+                            "'#owl-latest').textContent)" % json.dumps(unit))
             self.assertIn(unit, page.locator("#owl-latest").inner_text(), data)
             self.assertIn(unit, page.locator("#crates-chart").locator("xpath=..").inner_text())
             # the map is drawn in the "normal" colour almost everywhere

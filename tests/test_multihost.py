@@ -324,9 +324,14 @@ class MultiHostTests(unittest.TestCase):
         for s in seconds:
             nhit = int(primary.command("HGET", "ts:1:%d:trig:nhit" % s, "TOTAL") or 0)
             self.assertEqual(nhit, feeder.sent[s][1], "nhit sum of second %d" % s)
-        worker_events = [float(primary.hgetall("minard:stats:pull-b%d" % i).get("events", 0))
-                         for i in range(2)]
-        self.assertEqual(sum(worker_events), feeder.total())
+        def worker_events():  # the stats hashes are published once a second
+            return sum(float(primary.hgetall("minard:stats:pull-b%d" % i).get("events", 0))
+                       for i in range(2))
+        try:
+            yield wait_for(lambda: worker_events() == feeder.total(), timeout=10)
+        except AssertionError:
+            pass
+        self.assertEqual(worker_events(), feeder.total())
 
         # -- the intruder got nothing; it was refused and counted --------------------------
         self.assertEqual(float(primary.hgetall("minard:stats:intruder").get("events", 0)), 0)

@@ -18,7 +18,8 @@ simulator's steady detector (bench/bench_health.py records it).
     hot-factor = 5             ; hot: value > hot-factor × baseline ...
     hot-card-factor = 3        ; ... and > hot-card-factor × its card's median ...
     hot-sigma = 6              ; ... and value − baseline > hot-sigma standard deviations
-    noisy-factor = 4           ; noisy: recent deviations this many times the usual ones
+    noisy-factor = 4           ; noisy: recent bucket-to-bucket jumps this many times
+                               ; the usual ones (a step or a steady drift is not noise)
     base-band = 8              ; ADC counts: base current out of range if further than
     base-sigma = 6             ; max(base-band, base-sigma standard deviations) from baseline
     release = 0.5              ; an open finding ends only below release × its thresholds

@@ -270,8 +270,11 @@ class PullWorker(ZmqWorker):
         if self.progress_in_flight is not None or self.applied_second is None or \
                 self.applied_second == self.progress_sent:
             return None
+        redis = getattr(self.store, "redis", None)
+        if redis is None:  # a store without Redis (test doubles): no sweep to tell
+            return None
         second = self.applied_second
-        d = self.progress_in_flight = analyses.progress(self.store.redis, self._run, second)
+        d = self.progress_in_flight = analyses.progress(redis, self._run, second)
 
         def sent(_):
             self.progress_in_flight = None
@@ -287,11 +290,12 @@ class PullWorker(ZmqWorker):
     def sweep_clocks(self):
         """Pair and judge the loose ends every worker has passed (once a second)."""
         now = self.clock.seconds()
+        redis = getattr(self.store, "redis", None)
         if self.sweep_in_flight is not None or now - self.swept_at < 1.0 or \
-                self.applied_second is None:
+                self.applied_second is None or redis is None:
             return None
         self.swept_at = now
-        d = self.sweep_in_flight = analyses.sweep(self.store.redis, self.tolerance)
+        d = self.sweep_in_flight = analyses.sweep(redis, self.tolerance)
 
         def swept(result):
             self.sweep_in_flight = None

@@ -2,7 +2,7 @@
 and open findings, the closed findings, the masked channels (key names in keys.py).
 
 * `minard:health:baseline:<name>` (string): one quantity's baseline, the byte format of
-  minard.health.model.Baseline (153,616 bytes).
+  minard.health.model.Baseline (235,536 bytes).
 * `minard:health:state` (hash): `position` (the last bucket applied), `interval`,
   `updated` (unix time), `applied` (buckets applied since the baselines began),
   `next_id`, `config` (JSON of the thresholds in force).

@@ -288,8 +288,9 @@ HEALTH_MASKS = "minard:health:masks"
 
 def health_baseline(name):
     """`minard:health:baseline:<name>` — string, the rolling baseline of one quantity
-    (occupancy, cmos, base): a header, then per channel float32 mean, variance and
-    noise, uint16 buckets seen, uint8 dead streak. Written with HEALTH_STATE, atomically."""
+    (occupancy, cmos, base): a header, then per channel float32 mean, variance, noise
+    and last two values, uint16 buckets seen, uint8 dead streak (minard.health.model).
+    Written with HEALTH_STATE, atomically."""
     return "minard:health:baseline:%s" % (name,)
 
 

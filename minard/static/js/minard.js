@@ -844,6 +844,89 @@
   }
   var measure = document.createElement("canvas").getContext("2d");
 
+  /* -- run boundaries on every time chart ------------------------------------------ */
+  /* A vertical line at each run start inside a chart's x range, labelled with the run
+   * number. The runs are read once for the page (not per chart) from /get_runs?start=&stop=
+   * over the union of the charts' x ranges (and RUNS_AHEAD s more, so a live window that
+   * moves needs no new read for that long: at most one read per RUNS_AHEAD s), and again
+   * when a chart shows a range outside what was read. No runs, or the route failing:
+   * nothing is drawn. Each chart's root says what it drew: data-run-boundaries="N N". */
+  var RUNS_AHEAD = 20, RUNS_RETRY_MS = 30000;
+  var runBounds = { runs: [], from: null, to: null, busy: false, failedAt: 0, want: null, timer: null };
+  function runsWanted(min, max) {
+    if (!isFinite(min) || !isFinite(max) || max <= min) { return; }
+    var rb = runBounds;
+    if (rb.from !== null && min >= rb.from && max <= rb.to) { return; }
+    rb.want = rb.want ? [Math.min(rb.want[0], min), Math.max(rb.want[1], max)] : [min, max];
+    if (rb.timer || rb.busy) { return; }
+    if (rb.failedAt && Date.now() - rb.failedAt < RUNS_RETRY_MS) { return; }
+    rb.timer = setTimeout(readRuns, 50); // every chart of the page asks first: one read
+  }
+  function readRuns() {
+    var rb = runBounds, w = rb.want;
+    rb.timer = null;
+    rb.want = null;
+    if (!w) { return; }
+    var from = Math.floor(w[0]), to = Math.ceil(w[1]) + RUNS_AHEAD;
+    rb.busy = true;
+    getJSON("get_runs?" + query({ start: from, stop: to, limit: 500 })).then(function (r) {
+      rb.runs = (r && r.runs || []).filter(function (run) {
+        return run && typeof run.start === "number" && isFinite(run.start);
+      }).map(function (run) { return { run: run.run, start: run.start }; });
+      rb.from = from;
+      rb.to = to;
+      rb.failedAt = 0;
+    }, function () {
+      rb.runs = [];
+      rb.from = null;
+      rb.failedAt = Date.now();
+    }).then(function () {
+      rb.busy = false;
+      registry.forEach(function (c) { try { c.plot.redraw(false, false); } catch (e) { /* gone */ } });
+    });
+  }
+  function drawRunBounds(u) {
+    var min = u.scales.x.min, max = u.scales.x.max, drawn = [];
+    if (min === null || max === null || min === undefined || !u.data[0].length) {
+      u.root.dataset.runBoundaries = "";
+      return;
+    }
+    runsWanted(min, max);
+    var ctx = u.ctx, top = u.bbox.top, bottom = u.bbox.top + u.bbox.height;
+    var color = cssVar("--run-line") || "#b083f0", px = window.devicePixelRatio || 1;
+    ctx.save();
+    ctx.font = scaled(10) * px + "px system-ui, sans-serif";
+    ctx.textBaseline = "top";
+    ctx.textAlign = "left"; // (the axes leave it "right" or "center")
+    var rows = [], rowPx = scaled(12) * px; // labels of runs close together: one row down
+    runBounds.runs.slice().sort(function (a, b) { return a.start - b.start; }).forEach(function (run) {
+      if (run.start < min || run.start > max) { return; }
+      var x = Math.round(u.valToPos(run.start, "x", true)) + 0.5;
+      ctx.strokeStyle = color;
+      ctx.lineWidth = px;
+      ctx.setLineDash([4 * px, 3 * px]);
+      ctx.beginPath();
+      ctx.moveTo(x, top);
+      ctx.lineTo(x, bottom);
+      ctx.stroke();
+      var text = "run " + run.run, width = ctx.measureText(text).width, pad = 2 * px;
+      var right = x + pad + width + pad > u.bbox.left + u.bbox.width; // near the right edge
+      var tx = right ? x - pad - width : x + pad, row = 0;
+      while (rows[row] && rows[row].some(function (b) { return tx < b[1] + pad && tx + width > b[0] - pad; })) { row++; }
+      (rows[row] = rows[row] || []).push([tx, tx + width]);
+      var ty = top + pad + row * rowPx;
+      ctx.fillStyle = cssVar("--panel") || "#171e26";
+      ctx.globalAlpha = 0.8;
+      ctx.fillRect(tx - 1 * px, ty, width + 2 * px, scaled(11) * px);
+      ctx.globalAlpha = 1;
+      ctx.fillStyle = color;
+      ctx.fillText(text, tx, ty);
+      drawn.push(run.run);
+    });
+    ctx.restore();
+    u.root.dataset.runBoundaries = drawn.join(" ");
+  }
+
   function latest(ys) {
     for (var i = (ys || []).length - 1; i >= 0; i--) { if (ys[i] !== null && ys[i] !== undefined) { return ys[i]; } }
     return null;
@@ -957,6 +1040,7 @@
           opts.onZoom(a, b);
         }],
         setCursor: [function (u) { showReadout(u); }],
+        draw: [drawRunBounds],
         drawClear: [function (u) { u.axes[1].label = fitTitle(u, typeof opts.yLabel === "function" ? opts.yLabel() : opts.yLabel); }]
       }
     };

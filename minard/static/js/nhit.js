@@ -1,16 +1,19 @@
 /* NHit: exact nhit histograms, 10 s from /stream, 60 s polled every 5 s (not while the
    page is paused). The x range is kept in the URL (?x=auto|100|300|1000|all), and so is
    the event type (?trigger=100L, polling, NONE ...: then the 10 s histogram is polled
-   too, query?name=nhit_hist&trigger=, the per-type histograms of the pull workers). */
+   too, query?name=nhit_hist&trigger=, the per-type histograms of the pull workers).
+   The time picker's window (any range, or from/to) has its own pair:
+   query?name=nhit_hist&trigger=X&start=&stop=, read when the window changes and every
+   WINDOW_MS while it is live. */
 (function () {
   "use strict";
-  var MAX_BINS = 100;
+  var MAX_BINS = 100, WINDOW_MS = 15000;
   var charts = {};
-  [10, 60].forEach(function (s) {
+  [10, 60, "window"].forEach(function (s) {
     ["linear", "log"].forEach(function (scale) {
       charts[s + scale] = Minard.histogram(document.getElementById("nhit-" + s + "-" + scale),
                                            { log: scale === "log", height: 260, label: "events", xLabel: "nhit",
-                                             color: s === 10 ? Minard.PALETTE[0] : Minard.PALETTE[1],
+                                             color: Minard.PALETTE[s === 10 ? 0 : s === 60 ? 1 : 2],
                                              xFormat: Minard.fmtInt });
     });
   });
@@ -106,7 +109,36 @@
       });
     });
   }
-  function redraw() { Object.keys(latest).forEach(function (s) { draw(parseInt(s, 10), latest[s]); }); }
+  /* the time picker's window */
+  var windowTimer = null, windowAsked = 0;
+  function windowTitle(w) {
+    var sel = Minard.timeRange.select();
+    if (w.live && sel && sel.selectedIndex >= 0) { return "Last " + sel.options[sel.selectedIndex].textContent; }
+    if (w.live) { return "Last " + Minard.fmtAge(w.span); }
+    return Minard.fmtTime(w.t0) + " → " + Minard.fmtTime(w.t1) + " UTC";
+  }
+  function loadWindow() {
+    if (windowTimer) { clearTimeout(windowTimer); windowTimer = null; }
+    var w = Minard.timeRange.current(), asked = trigger(), mine = ++windowAsked;
+    Array.prototype.forEach.call(document.querySelectorAll(".nhit-window-title"), function (n) {
+      Minard.text(n, windowTitle(w));
+    });
+    var q = Minard.query({ name: "nhit_hist", trigger: asked, start: Math.floor(w.t0),
+                           stop: Math.ceil(w.t1) });
+    Minard.getJSON("query?" + q).then(function (h) {
+      if (mine === windowAsked && trigger() === asked) { draw("window", h); }
+    }).catch(function (err) {
+      if (mine === windowAsked) { Minard.text(document.getElementById("nhit-window-linear-info"), "error: " + err.message); }
+    }).then(function () {
+      if (mine === windowAsked && w.live) {
+        windowTimer = setTimeout(function () { Minard.pause.whenLive(loadWindow, "nhit-window"); }, WINDOW_MS);
+      }
+    });
+  }
+  Minard.timeRange.init(loadWindow);
+  if (triggerSel) { triggerSel.addEventListener("change", loadWindow); }
+
+  function redraw() { Object.keys(latest).forEach(function (s) { draw(s === "window" ? s : parseInt(s, 10), latest[s]); }); }
   rangeSel.addEventListener("change", function () {
     Minard.params.set({ x: rangeSel.value === "auto" ? null : rangeSel.value }, false);
     redraw();
