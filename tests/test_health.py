@@ -541,8 +541,9 @@ class ServiceTests(RedisTestMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_catch_up_after_an_outage_is_bounded(self):
+        from minard.stats import Stats
         s = self.service(HealthConfig(warmup_buckets=5, catch_up_buckets=4))
-        s.stats = None
+        s.stats = Stats("log-server")
         yield self.advance(3)
         position = s.model.position
         # 20 buckets pass while the service is away (their data were finalised)
@@ -558,6 +559,7 @@ class ServiceTests(RedisTestMixin, unittest.TestCase):
         self.assertEqual(sum(applied), 4)  # the last 4, at most 3 per tick
         self.assertEqual(applied[:2], [3, 1])
         self.assertEqual(s.model.position, newest)
+        self.assertEqual(s.stats.counters["health_buckets_skipped"], 16)  # counted once
 
     @defer.inlineCallbacks
     def test_first_start_judges_from_now_not_the_past(self):

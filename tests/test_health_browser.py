@@ -205,7 +205,7 @@ class HealthBrowserTests(unittest.TestCase):
         self.assertIn("masked by " + USER, page.locator("#mask-result").inner_text())
         # its open finding says it ends with the next bucket (the service closes it)
         self.wait(page, """document.querySelector('#health-open tr[data-key="hot/6/6/6"]')
-                           .classList.contains('masked')""")
+                           .classList.contains('now-masked')""")
         self.assertIn("masked by " + USER, page.locator(
             '#health-open tr[data-key="hot/6/6/6"] td.kind').inner_text())
         self.shot(page, "masked")

@@ -60,6 +60,7 @@ class HealthService(TimerService):
         self.token = uuid.uuid4().hex[:12]  # this instance's staged keys
         self._pending = None
         self._failing = False
+        self._skipped_after = None
 
     def stopService(self):
         d = TimerService.stopService(self)
@@ -139,9 +140,12 @@ class HealthService(TimerService):
             position = newest - 1
         if newest - position > cfg.catch_up_buckets:
             skipped = newest - cfg.catch_up_buckets - position
-            self._count("health_buckets_skipped", skipped)
-            self.log.warn("channel health: {n} buckets of {h} s were not judged (an outage"
-                          "); judging the last {k}", n=skipped, h=h, k=cfg.catch_up_buckets)
+            if self._skipped_after != position:  # said once per outage, not per tick
+                self._skipped_after = position
+                self._count("health_buckets_skipped", skipped)
+                self.log.warn("channel health: {n} buckets of {h} s were not judged (an "
+                              "outage); judging the last {k}", n=skipped, h=h,
+                              k=cfg.catch_up_buckets)
             position = newest - cfg.catch_up_buckets
         applied = 0
         for b in range(position + 1, min(newest, position + BUCKETS_PER_TICK) + 1):
@@ -156,8 +160,7 @@ class HealthService(TimerService):
             step = self.model.step(b, data, masked)
             done = yield store.apply(
                 self.redis, self.token, self.stored, b, h, self.wall(), step.applied,
-                step.next_id,
-                step.findings, cfg.as_dict(),
+                step.next_id, step.findings, cfg.as_dict(),
                 {n: bl.to_bytes(h) for n, bl in step.baselines.items()}, step.closed,
                 step.alarms)
             if not done:

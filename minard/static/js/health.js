@@ -105,7 +105,7 @@
       var kind = Minard.el("td", "kind " + (f.kind === "dark" ? "bad-text" : "warn-text"), finding(f));
       if (m) { // masked since it opened: it ends with the next bucket judged
         kind.appendChild(Minard.el("div", "hint", "masked by " + m.by + ": ends with the next bucket"));
-        tr.classList.add("masked");
+        tr.classList.add("now-masked");
       }
       tr.appendChild(kind);
       tr.appendChild(summary(f));
