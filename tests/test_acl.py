@@ -32,11 +32,13 @@ class RulesTests(unittest.TestCase):
                    ("log-server", ("SET", "alarms:1", "{}")),
                    ("web", ("HGET", "ts:1:5:trig", "TOTAL")),
                    ("web", ("HSET", "minard:stats:web", "requests", "1")),
-                   ("dispatch-push", ("SET", "dispatcher", "builder1"))]
+                   ("dispatch-push", ("SET", "dispatcher", "builder1")),
+                   ("web", ("HSET", "minard:health:masks", "1124", "{}"))]
         for role, command in allowed:
             self.as_role(role).command(*command)
         refused = [("web", ("SET", "ts:1:5:trig", "x")),
                    ("web", ("SET", "heartbeat:builder", "ok")),
+                   ("web", ("SET", "minard:health:findings", "[]")),
                    ("log-server", ("HINCRBY", "ts:1:5:trig", "TOTAL", "1")),
                    ("log-server", ("SET", "minard:chan:occupancy:5:1", "x")),
                    ("data-consumer", ("SET", "alarms:1", "{}")),

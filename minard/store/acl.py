@@ -54,7 +54,7 @@ ROLES = {
     "web": (
         READ_COMMANDS + WRITE_COMMANDS + ("+info",),
         ("*",),
-        ("minard:probe:*", "minard:alarm:acks*")),
+        ("minard:probe:*", "minard:alarm:acks*", "minard:health:masks")),
     "log-server": (
         READ_COMMANDS + WRITE_COMMANDS + ("+info",),
         ("*",),
