@@ -123,28 +123,29 @@ def _check_plaintext(options, endpoints, what):
                                                  "--curve-allowed" or "--curve-server-key"))
 
 
-def server_keys(options, endpoints):
-    """The ServerKeys of a binding role's options, or None for a plain-text link (then
-    only on loopback, unless forced). Raises OptionError with a one-line reason."""
-    secret, allowed = options.get("curve-secret"), options.get("curve-allowed")
-    if secret is None and allowed is None:
-        _check_plaintext(options, endpoints, "binding")
+def _keys(options, endpoints, other, what, load):
+    """The keys of --curve-secret and `other` (loaded by `load`), or None for a
+    plain-text link (then only on loopback, unless forced); OptionError when only one
+    of the two options is given."""
+    secret, second = options.get("curve-secret"), options.get(other)
+    if secret is None and second is None:
+        _check_plaintext(options, endpoints, what)
         return None
-    if secret is None or allowed is None:
-        raise OptionError("--curve-secret and --curve-allowed go together")
-    return ServerKeys.load(secret, allowed)
+    if secret is None or second is None:
+        raise OptionError("--curve-secret and --%s go together" % other)
+    return load(secret, second)
+
+
+def server_keys(options, endpoints):
+    """The ServerKeys of a binding role's options (--curve-secret, --curve-allowed), or
+    None for a plain-text link. Raises OptionError with a one-line reason."""
+    return _keys(options, endpoints, "curve-allowed", "binding", ServerKeys.load)
 
 
 def client_keys(options, endpoints):
-    """The ClientKeys of a connecting role's options, or None for a plain-text link (then
-    only on loopback, unless forced). Raises OptionError with a one-line reason."""
-    secret, server = options.get("curve-secret"), options.get("curve-server-key")
-    if secret is None and server is None:
-        _check_plaintext(options, endpoints, "connecting to")
-        return None
-    if secret is None or server is None:
-        raise OptionError("--curve-secret and --curve-server-key go together")
-    return ClientKeys.load(secret, server)
+    """The ClientKeys of a connecting role's options (--curve-secret,
+    --curve-server-key), or None for a plain-text link. Raises OptionError."""
+    return _keys(options, endpoints, "curve-server-key", "connecting to", ClientKeys.load)
 
 
 class RefusalCounter:

@@ -298,3 +298,16 @@ def page_fault(message):
             and str(location.get("url", "")).endswith("/stream")):
         return False
     return True
+
+
+class RoleProcessesMixin:
+    """spawn(role, *args): `twistd minard --role=ROLE` on this test's Redis
+    (self.redis_server), kept in self.processes and stopped when the test ends."""
+
+    def spawn(self, role, *args):
+        p = RoleProcess(role, "--redis", self.redis_server.url, *args).start()
+        if not hasattr(self, "processes"):
+            self.processes = []
+        self.processes.append(p)
+        self.addCleanup(p.stop)
+        return p

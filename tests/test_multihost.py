@@ -32,6 +32,7 @@ from minard.store import acl
 from tests.support import REPO, RoleProcess, SyncRedis, free_port, wait_for
 from tests.test_faults import PREFIX, EventPool, Feeder, sleep
 from tests.test_pipeline import TestDispatcherFactory
+from tests.test_redis_full import info as _info
 from tests.test_redis_tls import make_pki
 
 #: The test's private addresses: A-B on NET_AB, A-C on NET_AC (/30 each).
@@ -392,15 +393,6 @@ def _answers(sync):
         return sync.command("PING") == "PONG"
     except Exception:
         return False
-
-
-def _info(sync, section):
-    out = {}
-    for line in sync.command("INFO", section).splitlines():
-        if ":" in line:
-            k, _, v = line.partition(":")
-            out[k] = v.strip()
-    return out
 
 
 def _acl_entry(entry):

@@ -22,7 +22,7 @@ from twisted.trial import unittest
 from minard import constants as C
 from minard.services import dispatch_push
 from minard.store import channels, keys
-from tests.support import RedisConnectionMixin, RoleProcess, free_port, wait_for
+from tests.support import RedisConnectionMixin, RoleProcessesMixin, free_port, wait_for
 from tests.test_pipeline import TestDispatcherFactory, frame
 from tests.test_web_stream import StreamReader
 from tests.test_wire_sno import hand_built
@@ -46,7 +46,7 @@ def first_stream_message(port):
     return client.messages[0]
 
 
-class LinkDownTests(SiteTestMixin, unittest.TestCase):
+class LinkDownTests(RoleProcessesMixin, SiteTestMixin, unittest.TestCase):
     """dispatch-push + dispatch-pull against a dispatcher written here, read by the site."""
 
     use_clock = False
@@ -57,14 +57,6 @@ class LinkDownTests(SiteTestMixin, unittest.TestCase):
         self.processes = []
         return d
 
-    def tearDown(self):
-        for p in self.processes:
-            p.stop()
-
-    def spawn(self, role, *args):
-        p = RoleProcess(role, "--redis", self.redis_server.url, *args).start()
-        self.processes.append(p)
-        return p
 
     def metric(self, exprs, start, stop, step):
         return self.get_json("metric?expr=%s&start=%d&stop=%d&step=%d"

@@ -11,7 +11,7 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.trial import unittest
 
 from tests.channel_support import buckets, final, hits_of, open_buckets, parts
-from tests.support import RedisTestMixin, RoleProcess, free_port, wait_for
+from tests.support import RedisTestMixin, RoleProcessesMixin, free_port, wait_for
 from tests.test_aggregate_events import expected_sums, random_events
 from tests.test_wire_sno import hand_built
 
@@ -55,21 +55,13 @@ def frame(prefix, tag, payload):
     return head + b"\0" * (prefix - 12) + payload
 
 
-class PipelineTests(RedisTestMixin, unittest.TestCase):
+class PipelineTests(RoleProcessesMixin, RedisTestMixin, unittest.TestCase):
     timeout = 180
 
     def setUp(self):
         RedisTestMixin.setUp(self)
         self.processes = []
 
-    def tearDown(self):
-        for p in self.processes:
-            p.stop()
-
-    def spawn(self, role, *args):
-        p = RoleProcess(role, "--redis", self.redis_server.url, *args).start()
-        self.processes.append(p)
-        return p
 
     def total(self, field="TOTAL", suffix="trig"):
         total = 0

@@ -19,7 +19,7 @@ import urllib.request
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from tests.support import RedisTestMixin, RoleProcess, free_port, wait_for
+from tests.support import RedisTestMixin, RoleProcessesMixin, free_port, wait_for
 from tests.test_pipeline import TestDispatcherFactory, frame
 
 PMT, RHDR = 0x504D5420, 0x52484452
@@ -203,21 +203,13 @@ def expected_of(events):
 
 # -- the test ----------------------------------------------------------------------------
 
-class StreamAnalysesTests(RedisTestMixin, unittest.TestCase):
+class StreamAnalysesTests(RoleProcessesMixin, RedisTestMixin, unittest.TestCase):
     timeout = 240
 
     def setUp(self):
         RedisTestMixin.setUp(self)
         self.processes = []
 
-    def tearDown(self):
-        for p in self.processes:
-            p.stop()
-
-    def spawn(self, role, *args):
-        p = RoleProcess(role, "--redis", self.redis_server.url, *args).start()
-        self.processes.append(p)
-        return p
 
     def get(self, path):
         with urllib.request.urlopen(self.web_base + path, timeout=10) as r:
