@@ -398,7 +398,8 @@ def script_names():
         from minard.store.scripts import Script
         for module in ("minard.stats", "minard.store.events", "minard.store.channels",
                        "minard.store.datastream", "minard.store.reads",
-                       "minard.store.logserver"):
+                       "minard.store.logserver", "minard.store.analyses", "minard.store.runs",
+                       "minard.store.health", "minard.store.acks"):
             m = importlib.import_module(module)
             for value in vars(m).values():
                 if isinstance(value, Script):

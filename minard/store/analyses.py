@@ -22,7 +22,7 @@ from minard.constants import (CLOCK_END_MAX_AGE, CLOCK_END_SETTLE, CLOCK_JUMP_BU
                               HASH_INTERVALS, INTERVALS, NHIT_TYPE_EXPIRE, RUN_KEEP)
 from minard.store import keys
 from minard.store.channels import WRITER_LAG, WRITER_TIMEOUT
-from minard.store.scripts import Script
+from minard.store.scripts import LIVE_WRITERS, Script
 
 #: Redis commands one chunk may run at most (store/events.py's bound).
 CHUNK_COMMANDS = 200
@@ -34,7 +34,7 @@ SWEEP_ENDS = 2000
 MARK_TTL = 3600
 
 ANALYSES_SCRIPT = Script("analyses.lua", mark_ttl=MARK_TTL)
-SWEEP_SCRIPT = Script("clock_sweep.lua")
+SWEEP_SCRIPT = Script("clock_sweep.lua", live_writers=LIVE_WRITERS)
 PROGRESS_SCRIPT = Script("clock_progress.lua")
 
 #: What each operation costs in Redis commands (analyses.lua).

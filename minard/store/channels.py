@@ -46,7 +46,7 @@ from twisted.logger import Logger
 
 from minard import constants as C
 from minard.store import keys
-from minard.store.scripts import Script
+from minard.store.scripts import LIVE_WRITERS, Script
 
 MODES = {"occupancy": "ratio", "cmos": "mean", "base": "mean"}
 NAMES = tuple(MODES)
@@ -90,7 +90,7 @@ SERIES_CHUNK = 1000
 MAX_OPEN_PARTIALS = 180
 
 PARTS_WRITE = Script("parts_write.lua")
-FINALISE_CLAIM = Script("finalise_claim.lua")
+FINALISE_CLAIM = Script("finalise_claim.lua", live_writers=LIVE_WRITERS)
 FINALISE_WRITE = Script("finalise_write.lua")
 CHANNEL_SERIES = Script("channel_series.lua")
 CHANNEL_LATEST = Script("channel_latest.lua")

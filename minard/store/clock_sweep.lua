@@ -14,29 +14,8 @@
 -- The judgement is aggregate/clockjumps.pair_kind's: a gtid that does not advance by
 -- one, a clock going back (the upper half of its modulus), or clocks disagreeing by
 -- more than tolerance ns + ppm of the elapsed 10 MHz time.
-local now = tonumber(redis.call('TIME')[1])
-local timeout, lag = tonumber(ARGV[1]), tonumber(ARGV[2])
-local entries = redis.call('HGETALL', KEYS[1])
-local live, maxp = {}, nil
-for i = 1, #entries, 2 do
-  local p, stamp = string.match(entries[i + 1], '^(%-?%d+) (%d+)$')
-  p, stamp = tonumber(p), tonumber(stamp)
-  if p and stamp then
-    live[#live + 1] = {entries[i], p, stamp}
-    if not maxp or p > maxp then maxp = p end
-  else
-    redis.call('HDEL', KEYS[1], entries[i])
-  end
-end
-if not maxp then return {0, 0, ''} end
-local minp = nil
-for _, w in ipairs(live) do
-  if now - w[3] > timeout and maxp - w[2] > lag then
-    redis.call('HDEL', KEYS[1], w[1])
-  elseif not minp or w[2] < minp then
-    minp = w[2]
-  end
-end
+$live_writers
+local minp, now = slowest_live_writer(tonumber(ARGV[1]), tonumber(ARGV[2]))
 if not minp then return {0, 0, ''} end
 local final = (minp - tonumber(ARGV[3]) + 1) * 1000000 - 1
 local ends = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', final, 'LIMIT', 0, tonumber(ARGV[8]))

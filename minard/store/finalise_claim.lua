@@ -9,29 +9,9 @@
 -- to write again may be far ahead of the others: the finaliser then passes a timeout
 -- longer than any stall for a while (Finaliser.claim_timeout), so nobody is dropped.
 -- Reply: flat list member, parts (flat HGETALL) for each bucket claimed here.
-local now = tonumber(redis.call('TIME')[1])
-local timeout, lag = tonumber(ARGV[2]), tonumber(ARGV[3])
-local entries = redis.call('HGETALL', KEYS[1])
-local live, maxp = {}, nil
-for i = 1, #entries, 2 do
-  local p, stamp = string.match(entries[i + 1], '^(%-?%d+) (%d+)$')
-  p, stamp = tonumber(p), tonumber(stamp)
-  if p and stamp then
-    live[#live + 1] = {entries[i], p, stamp}
-    if not maxp or p > maxp then maxp = p end
-  else
-    redis.call('HDEL', KEYS[1], entries[i])
-  end
-end
-if not maxp then return {} end
-local minp = nil
-for _, w in ipairs(live) do
-  if now - w[3] > timeout and maxp - w[2] > lag then
-    redis.call('HDEL', KEYS[1], w[1])
-  elseif not minp or w[2] < minp then
-    minp = w[2]
-  end
-end
+$live_writers
+local minp, now = slowest_live_writer(tonumber(ARGV[2]), tonumber(ARGV[3]))
+if not minp then return {} end
 local members = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', minp, 'LIMIT', 0, 256)
 local out, claimed = {}, 0
 for _, m in ipairs(members) do

@@ -25,6 +25,17 @@ def lua_list(values):
     return "{" + ",".join(str(v) for v in values) + "}"
 
 
+def fragment(filename, directory=HERE):
+    """A piece of Lua shared by several scripts (Redis scripts cannot import), given to
+    Script as a constant: `Script("x.lua", live_writers=LIVE_WRITERS)`."""
+    with open(os.path.join(directory, filename), encoding="utf-8") as f:
+        return f.read()
+
+
+#: slowest_live_writer(timeout, lag): the writers hash KEYS[1] read and pruned.
+LIVE_WRITERS = fragment("live_writers.inc.lua")
+
+
 class Script:
     """One Lua script: `Script("events_flush.lua", intervals=...)`, then `script(redis, keys,
     args)` -> Deferred of the script's reply."""
